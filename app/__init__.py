@@ -1,0 +1,1 @@
+"""Flowcore: a durable workflow-execution service and the asyncio engine underneath it."""

@@ -1,0 +1,107 @@
+"""Flowcore's engine: a pure asyncio workflow engine, usable as a library.
+
+    from app.engine import WorkflowExecutor, create_workflow
+
+    workflow = create_workflow({"id": "example", "nodes": [...], "edges": [...]})
+    result = await WorkflowExecutor().execute(workflow, {"input": "data"})
+
+It imports only the standard library, pydantic, typing_extensions and the CEL library.
+"""
+
+from app.engine.config import ExecutionConfig
+from app.engine.dsl import (
+    CachePolicy,
+    CircuitBreakerPolicy,
+    EdgeSpec,
+    NodeSpec,
+    RetryPolicy,
+    WorkflowDefinition,
+)
+from app.engine.errors import (
+    DeliberateFailure,
+    ExpressionCompileError,
+    ExpressionError,
+    ExpressionEvaluationError,
+    FlowcoreError,
+    InputValidationError,
+    NodeConfigError,
+    NodeError,
+    NodeExecutionError,
+    NodeTimeoutError,
+    PluginLoadError,
+    RunNotFoundError,
+    UnknownNodeTypeError,
+    ValidationIssue,
+    WorkflowNotFoundError,
+    WorkflowValidationError,
+)
+from app.engine.events import Event, EventSink, EventType
+from app.engine.executor import (
+    ConditionalExecutor,
+    ParallelExecutor,
+    SequentialExecutor,
+    Strategy,
+    WorkflowExecutor,
+)
+from app.engine.node import BaseNode, NodeContext, NodeResult, WorkflowContext
+from app.engine.ports import (
+    Clock,
+    InMemoryWorkflowRepository,
+    ListEventSink,
+    SystemClock,
+    WorkflowResolver,
+)
+from app.engine.registry import NodeRegistry
+from app.engine.result import NodeRun, NodeStatus, RunError, RunResult, RunStatus
+from app.engine.validation import create_workflow, validate_workflow
+
+__all__ = [
+    "BaseNode",
+    "CachePolicy",
+    "CircuitBreakerPolicy",
+    "Clock",
+    "ConditionalExecutor",
+    "DeliberateFailure",
+    "EdgeSpec",
+    "Event",
+    "EventSink",
+    "EventType",
+    "ExecutionConfig",
+    "ExpressionCompileError",
+    "ExpressionError",
+    "ExpressionEvaluationError",
+    "FlowcoreError",
+    "InMemoryWorkflowRepository",
+    "InputValidationError",
+    "ListEventSink",
+    "NodeConfigError",
+    "NodeContext",
+    "NodeError",
+    "NodeExecutionError",
+    "NodeRegistry",
+    "NodeResult",
+    "NodeRun",
+    "NodeSpec",
+    "NodeStatus",
+    "NodeTimeoutError",
+    "ParallelExecutor",
+    "PluginLoadError",
+    "RetryPolicy",
+    "RunError",
+    "RunNotFoundError",
+    "RunResult",
+    "RunStatus",
+    "SequentialExecutor",
+    "Strategy",
+    "SystemClock",
+    "UnknownNodeTypeError",
+    "ValidationIssue",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowExecutor",
+    "WorkflowNotFoundError",
+    "WorkflowResolver",
+    "WorkflowValidationError",
+    "create_workflow",
+    "validate_workflow",
+]

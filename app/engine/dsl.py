@@ -1,0 +1,102 @@
+"""The workflow definition language: pydantic models of a workflow, its nodes and edges.
+
+These models check *shape* (types, required fields, unknown keys). Everything that
+needs the whole graph or the node registry (duplicate ids, dangling edges, cycles,
+unknown types, node configs, expressions, limits) is checked by ``validation``, which
+reports all problems of a definition at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+
+NODE_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$"
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RetryPolicy(_Spec):
+    """How a failed node is retried; unset fields take ``ExecutionConfig`` defaults."""
+
+    max_retries: int | None = Field(None, ge=0, le=100)
+    delay: float | None = Field(None, ge=0)
+    backoff: float = Field(2.0, ge=1.0)
+    max_delay: float = Field(60.0, ge=0)
+    jitter: float = Field(0.0, ge=0, le=1)
+    retry_on: list[str] | None = Field(
+        None, description="Error kinds to retry (e.g. 'timeout', 'execution'); None = all."
+    )
+
+
+class CachePolicy(_Spec):
+    ttl: float | None = Field(None, gt=0)
+    key: str | None = Field(None, description="A template for the cache key.")
+
+
+class CircuitBreakerPolicy(_Spec):
+    key: str | None = None
+    failure_threshold: int = Field(5, ge=1)
+    recovery_timeout: float = Field(30.0, gt=0)
+    half_open_max_calls: int = Field(1, ge=1)
+
+
+class NodeSpec(_Spec):
+    """One node: its id, type, type-specific ``config`` and the common policies."""
+
+    id: str = Field(pattern=NODE_ID_PATTERN)
+    type: str = Field(min_length=1, max_length=128)
+    name: str | None = None
+    description: str | None = None
+    config: dict[str, Any] = Field(default_factory=dict)
+    retry: RetryPolicy | None = None
+    timeout: float | None = Field(None, gt=0)
+    fallback: str | None = None
+    cache: CachePolicy | None = None
+    circuit_breaker: CircuitBreakerPolicy | None = None
+    join: Literal["all", "any"] = "all"
+    on_error: Literal["stop", "continue", "retry"] | None = None
+
+
+class EdgeSpec(_Spec):
+    """A dependency ``source -> target``, taken when ``condition`` (CEL) is true."""
+
+    source: str
+    target: str
+    condition: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.source}->{self.target}"
+
+
+class WorkflowDefinition(_Spec):
+    """A workflow: a DAG of nodes, an optional output map and default config.
+
+    Build one with :func:`app.engine.create_workflow`, which also validates it.
+    """
+
+    id: str = Field("workflow", min_length=1, max_length=200)
+    name: str | None = None
+    description: str | None = None
+    version: int | None = Field(None, ge=1)
+    config: dict[str, Any] = Field(default_factory=dict)
+    input_schema: dict[str, Any] | None = None
+    vars: dict[str, Any] = Field(default_factory=dict)
+    nodes: list[NodeSpec] = Field(default_factory=list)
+    edges: list[EdgeSpec] = Field(default_factory=list)
+    output: dict[str, str] | None = Field(
+        None, description="Output name -> CEL expression, evaluated when the run ends."
+    )
+
+    # Compiled form, built once per definition on first use (see graph.compile_workflow).
+    _compiled: Any = PrivateAttr(default=None)
+
+    def node(self, node_id: str) -> NodeSpec:
+        for spec in self.nodes:
+            if spec.id == node_id:
+                return spec
+        raise KeyError(node_id)

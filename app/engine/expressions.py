@@ -1,0 +1,245 @@
+"""CEL expressions and ``{{ expr }}`` string templates.
+
+Expressions are compiled once per source text (an LRU keyed by the text) and evaluated
+over a scope of plain JSON-like values: ``input``, ``vars``, ``nodes.<id>.output``,
+``run`` and, inside bodies, ``item``/``index``/``iteration``/``last``. Nothing else is
+visible, and the CEL runtime refuses Python objects outright, so no expression can
+reach an attribute of a Python object.
+
+Speed: the CEL runtime converts every value in its activation on every call, so an
+expression is evaluated over a *pruned* ``nodes`` map holding only the node ids it names
+(found statically when it is compiled). A workflow with 10,000 completed nodes costs
+an expression that reads one of them the same as a workflow with one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import cel
+
+from app.engine.errors import ExpressionCompileError, ExpressionEvaluationError
+
+_POSITION = re.compile(r"<input>:(\d+):(\d+):\s*(.*)")
+_NODE_REF = re.compile(
+    r"""\bnodes\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*(?:"([^"]+)"|'([^']+)')\s*\])"""
+)
+_NODES_WORD = re.compile(r"\bnodes\b")
+_TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+
+SCOPE_NAMES = frozenset({"input", "vars", "nodes", "run", "item", "index", "iteration", "last"})
+
+
+@dataclass(frozen=True, slots=True)
+class Expression:
+    """A compiled CEL expression and the node ids it reads (``None``: it may read any)."""
+
+    source: str
+    program: Any
+    node_refs: frozenset[str] | None
+
+    def evaluate(self, scope: Scope) -> Any:
+        try:
+            return self.program.execute(scope.activation(self.node_refs))
+        except Exception as exc:  # the runtime raises plain Python errors
+            raise ExpressionEvaluationError(self.source, _describe(exc)) from None
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, KeyError):
+        return f"no such key: {exc.args[0]!r}" if exc.args else "no such key"
+    return str(exc) or type(exc).__name__
+
+
+def _node_refs(source: str) -> frozenset[str] | None:
+    named = {m.group(1) or m.group(2) or m.group(3) for m in _NODE_REF.finditer(source)}
+    # Every mention of `nodes` must be one of the static forms, or we cannot prune.
+    if len(_NODES_WORD.findall(source)) != len(_NODE_REF.findall(source)):
+        return None
+    return frozenset(named)
+
+
+@lru_cache(maxsize=8192)
+def compile_expression(source: str) -> Expression:
+    """Compile ``source`` (cached); raise :class:`ExpressionCompileError` with its position."""
+    if not source.strip():
+        raise ExpressionCompileError(source, "the expression is empty", 1, 1)
+    try:
+        program = cel.compile(source)
+    except Exception as exc:
+        text = str(exc)
+        match = _POSITION.search(text)
+        if match:
+            reason = match.group(3).splitlines()[0].strip()
+            raise ExpressionCompileError(
+                source, reason, int(match.group(1)), int(match.group(2))
+            ) from None
+        raise ExpressionCompileError(source, text.splitlines()[0], None, None) from None
+    return Expression(source, program, _node_refs(source))
+
+
+class Scope:
+    """What expressions see while a run executes. Values are shared, never copied."""
+
+    __slots__ = ("extra", "input", "nodes", "run", "vars")
+
+    def __init__(
+        self,
+        input: Any,
+        vars: dict[str, Any],
+        nodes: dict[str, Any],
+        run: Mapping[str, Any],
+        extra: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.input = input
+        self.vars = vars
+        #: node id -> output, for nodes that completed
+        self.nodes = nodes
+        self.run = run
+        self.extra = extra
+
+    def activation(self, node_refs: frozenset[str] | None) -> dict[str, Any]:
+        outputs = self.nodes
+        if node_refs is None:
+            nodes = {nid: {"output": out} for nid, out in outputs.items()}
+        else:
+            nodes = {nid: {"output": outputs[nid]} for nid in node_refs if nid in outputs}
+        act: dict[str, Any] = {
+            "input": self.input,
+            "vars": self.vars,
+            "nodes": nodes,
+            "run": self.run,
+        }
+        if self.extra:
+            act.update(self.extra)
+        return act
+
+    def child(self, input: Any, extra: Mapping[str, Any] | None) -> Scope:
+        """A scope for a body run: its own ``nodes`` and ``input``, the same vars and run."""
+        merged = dict(self.extra or {})
+        merged.update(extra or {})
+        return Scope(input, self.vars, {}, self.run, merged or None)
+
+
+# ---------------------------------------------------------------------------- templates
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A string with ``{{ expr }}`` parts. A string that is exactly one template keeps
+    the expression's type; otherwise the parts are rendered and concatenated."""
+
+    parts: tuple[str | Expression, ...]
+
+    def render(self, scope: Scope) -> Any:
+        if len(self.parts) == 1 and isinstance(self.parts[0], Expression):
+            return self.parts[0].evaluate(scope)
+        out = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+            else:
+                out.append(_to_text(part.evaluate(scope)))
+        return "".join(out)
+
+
+def _to_text(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict | list):
+        import json
+
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return str(value)
+
+
+def template_expressions(text: str) -> list[str]:
+    """The expression sources inside ``{{ }}`` in ``text`` (for validation)."""
+    return [m.group(1).strip() for m in _TEMPLATE.finditer(text)]
+
+
+def compile_template(text: str) -> Template | str:
+    """Compile ``text``; a string with no ``{{`` is returned unchanged."""
+    if "{{" not in text:
+        return text
+    parts: list[str | Expression] = []
+    pos = 0
+    for match in _TEMPLATE.finditer(text):
+        if match.start() > pos:
+            parts.append(text[pos : match.start()])
+        parts.append(compile_expression(match.group(1).strip()))
+        pos = match.end()
+    if pos < len(text):
+        parts.append(text[pos:])
+    return Template(tuple(parts))
+
+
+class ValueTemplate:
+    """A JSON-like value (e.g. a node's config) with templates compiled in place.
+
+    ``render`` returns the value itself when it holds no template, so configs without
+    templates cost nothing per execution.
+    """
+
+    __slots__ = ("_compiled", "is_static", "raw")
+
+    def __init__(self, raw: Any, skip_keys: frozenset[str] = frozenset()) -> None:
+        self.raw = raw
+        compiled, dynamic = _compile_value(raw, skip_keys)
+        self.is_static = not dynamic
+        self._compiled = compiled
+
+    def render(self, scope: Scope) -> Any:
+        if self.is_static:
+            return self.raw
+        return _render(self._compiled, scope)
+
+
+def _compile_value(value: Any, skip_keys: frozenset[str] = frozenset()) -> tuple[Any, bool]:
+    if isinstance(value, str):
+        compiled = compile_template(value)
+        return compiled, isinstance(compiled, Template)
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        dynamic = False
+        for key, item in value.items():
+            if key in skip_keys:
+                out[key] = _Literal(item)
+                continue
+            out[key], d = _compile_value(item)
+            dynamic = dynamic or d
+        return out, dynamic
+    if isinstance(value, list):
+        items = []
+        dynamic = False
+        for item in value:
+            c, d = _compile_value(item)
+            items.append(c)
+            dynamic = dynamic or d
+        return items, dynamic
+    return value, False
+
+
+@dataclass(frozen=True, slots=True)
+class _Literal:
+    value: Any
+
+
+def _render(compiled: Any, scope: Scope) -> Any:
+    if isinstance(compiled, Template):
+        return compiled.render(scope)
+    if isinstance(compiled, _Literal):
+        return compiled.value
+    if isinstance(compiled, dict):
+        return {k: _render(v, scope) for k, v in compiled.items()}
+    if isinstance(compiled, list):
+        return [_render(v, scope) for v in compiled]
+    return compiled

@@ -1,0 +1,99 @@
+"""A validated definition compiled for execution: node instances, index-based edges,
+compiled conditions and config templates. Built once per definition and cached on it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.engine.dsl import NodeSpec, WorkflowDefinition
+from app.engine.expressions import Expression, ValueTemplate, compile_expression
+from app.engine.node import BaseNode
+from app.engine.registry import NodeRegistry
+
+
+@dataclass(slots=True, eq=False)
+class CompiledEdge:
+    source: int
+    target: int
+    condition: Expression | None
+    label: str
+
+
+@dataclass(slots=True, eq=False)
+class CompiledNode:
+    index: int
+    id: str
+    spec: NodeSpec
+    node: BaseNode
+    config: ValueTemplate
+    parents: tuple[int, ...]
+    out_edges: tuple[CompiledEdge, ...]
+    in_degree: int
+    join_any: bool
+    fallback: int | None
+    #: only ever runs as another node's fallback (no edges of its own)
+    standby: bool
+
+
+@dataclass(slots=True, eq=False)
+class CompiledWorkflow:
+    definition: WorkflowDefinition
+    nodes: list[CompiledNode]
+    by_id: dict[str, int]
+    roots: list[int]
+    leaves: list[int]
+    output: dict[str, Expression] | None
+
+
+def compile_workflow(definition: WorkflowDefinition) -> CompiledWorkflow:
+    """Compile (once) a definition that ``create_workflow`` has validated."""
+    cached: CompiledWorkflow | None = definition._compiled
+    if cached is not None:
+        return cached
+    by_id = {spec.id: i for i, spec in enumerate(definition.nodes)}
+    incoming: list[list[int]] = [[] for _ in definition.nodes]
+    outgoing: list[list[CompiledEdge]] = [[] for _ in definition.nodes]
+    for edge in definition.edges:
+        s, t = by_id[edge.source], by_id[edge.target]
+        condition = compile_expression(edge.condition) if edge.condition is not None else None
+        outgoing[s].append(CompiledEdge(s, t, condition, edge.label))
+        incoming[t].append(s)
+    fallback_targets = {spec.fallback for spec in definition.nodes if spec.fallback}
+    nodes: list[CompiledNode] = []
+    for i, spec in enumerate(definition.nodes):
+        node_cls = NodeRegistry.get(spec.type)
+        node = node_cls()
+        node.id = spec.id
+        node.spec = spec
+        if node_cls.config_model is not None:
+            node.config = node_cls.config_model.model_validate(spec.config)
+        standby = spec.id in fallback_targets and not incoming[i] and not outgoing[i]
+        nodes.append(
+            CompiledNode(
+                index=i,
+                id=spec.id,
+                spec=spec,
+                node=node,
+                config=ValueTemplate(spec.config, node_cls.expression_fields),
+                parents=tuple(incoming[i]),
+                out_edges=tuple(outgoing[i]),
+                in_degree=len(incoming[i]),
+                join_any=spec.join == "any",
+                fallback=by_id[spec.fallback] if spec.fallback else None,
+                standby=standby,
+            )
+        )
+    output: dict[str, Any] | None = None
+    if definition.output is not None:
+        output = {name: compile_expression(src) for name, src in definition.output.items()}
+    compiled = CompiledWorkflow(
+        definition=definition,
+        nodes=nodes,
+        by_id=by_id,
+        roots=[n.index for n in nodes if n.in_degree == 0 and not n.standby],
+        leaves=[n.index for n in nodes if not n.out_edges and not n.standby],
+        output=output,
+    )
+    definition._compiled = compiled
+    return compiled

@@ -1,0 +1,199 @@
+"""Nodes: ``BaseNode``, what a node returns (``NodeResult``) and what it sees
+(``NodeContext`` for itself, ``WorkflowContext`` for the run)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from app.engine.events import EventType
+from app.engine.expressions import Scope, ValueTemplate, compile_expression
+
+if TYPE_CHECKING:
+    from app.engine.dsl import NodeSpec, WorkflowDefinition
+    from app.engine.scheduler import RunHandle
+
+
+class NodeResult(BaseModel):
+    """What a node returns. ``variables`` are merged into the run's ``vars`` on success."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    success: bool = True
+    output: Any = None
+    error: str | None = None
+    error_kind: str | None = None
+    variables: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class WorkflowContext:
+    """The run as a node sees it: ids, input, variables, completed outputs, memory."""
+
+    def __init__(
+        self,
+        workflow_id: str,
+        run_id: str | None = None,
+        input: Any = None,
+        variables: dict[str, Any] | None = None,
+    ) -> None:
+        self.workflow_id = workflow_id
+        self.run_id = run_id or ""
+        self.input = input
+        self.variables: dict[str, Any] = variables if variables is not None else {}
+        #: node id -> output, for nodes that completed
+        self.node_outputs: dict[str, Any] = {}
+        self.memory: Any = None
+        self.metadata: dict[str, Any] = {}
+        self.status = "pending"
+
+    def get_node_output(self, node_id: str, default: Any = None) -> Any:
+        return self.node_outputs.get(node_id, default)
+
+    def set_variable(self, name: str, value: Any) -> None:
+        self.variables[name] = value
+
+    def get_variable(self, name: str, default: Any = None) -> Any:
+        return self.variables.get(name, default)
+
+    def __repr__(self) -> str:
+        return f"WorkflowContext(workflow_id={self.workflow_id!r}, run_id={self.run_id!r})"
+
+
+class NodeContext:
+    """One execution of one node: its resolved config, its input, and the ways it can
+    talk to the run (events, tokens, signals, body runs, expressions)."""
+
+    __slots__ = (
+        "_handle",
+        "attempt",
+        "config",
+        "input",
+        "iteration",
+        "node_id",
+        "node_type",
+        "scope",
+        "spec",
+    )
+
+    def __init__(
+        self,
+        spec: NodeSpec,
+        config: Any,
+        input: Mapping[str, Any],
+        scope: Scope,
+        handle: RunHandle,
+        attempt: int = 1,
+        iteration: int = 0,
+    ) -> None:
+        self.spec = spec
+        self.node_id = spec.id
+        self.node_type = spec.type
+        #: the node's config with every ``{{ expr }}`` template resolved
+        self.config = config
+        #: outputs of the parents that completed, by node id
+        self.input = input
+        self.scope = scope
+        self._handle = handle
+        self.attempt = attempt
+        self.iteration = iteration
+
+    @property
+    def run_id(self) -> str:
+        return self._handle.run_id
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and resumes: pass it to side-effecting calls."""
+        return f"{self._handle.run_id}:{self._handle.path}{self.node_id}:{self.iteration}"
+
+    def emit(self, name: str, data: Mapping[str, Any] | None = None) -> None:
+        """Emit a ``node.custom`` event named ``name``."""
+        payload = {"name": name}
+        if data:
+            payload["data"] = dict(data)  # type: ignore[assignment]
+        self._handle.emit(EventType.NODE_CUSTOM, self._handle.path + self.node_id, payload)
+
+    def emit_token(self, token: str) -> None:
+        """Emit one streamed token (``node.token``)."""
+        self._handle.emit(EventType.NODE_TOKEN, self._handle.path + self.node_id, {"token": token})
+
+    def evaluate(self, expression: str, extra: Mapping[str, Any] | None = None) -> Any:
+        """Evaluate a CEL expression in this node's scope (plus ``extra`` names)."""
+        scope = self.scope
+        if extra:
+            scope = Scope(
+                scope.input, scope.vars, scope.nodes, scope.run, {**(scope.extra or {}), **extra}
+            )
+        return compile_expression(expression).evaluate(scope)
+
+    def render(self, value: Any) -> Any:
+        """Resolve ``{{ expr }}`` templates inside any JSON-like value."""
+        return ValueTemplate(value).render(self.scope)
+
+    @property
+    def max_concurrent_tasks(self) -> int:
+        """The run's ``max_concurrent_tasks`` (the default concurrency of a map)."""
+        return self._handle.shared.config.max_concurrent_tasks
+
+    async def sleep(self, seconds: float) -> None:
+        """Sleep on the engine's clock (a fake clock in tests)."""
+        await self._handle.shared.clock.sleep(seconds)
+
+    async def wait_for_signal(self, name: str, timeout: float | None = None) -> Any:
+        """Park the run in ``waiting`` until ``executor.signal(run_id, name, payload)``."""
+        return await self._handle.wait_for_signal(self.node_id, name, timeout)
+
+    async def run_body(
+        self,
+        body: WorkflowDefinition,
+        input: Any,
+        extra: Mapping[str, Any] | None = None,
+        label: str = "",
+    ) -> Any:
+        """Run ``body`` (a nested workflow) to completion and return its output."""
+        return await self._handle.run_body(self, body, input, extra, label)
+
+    async def run_workflow(self, workflow_id: str, version: int | None, input: Any) -> Any:
+        """Run a registered workflow as a child of this run and return its output."""
+        return await self._handle.run_subworkflow(self, workflow_id, version, input)
+
+
+class BaseNode:
+    """Base class of node types.
+
+    A subclass implements ``execute`` and may declare ``config_model`` (a pydantic
+    model its ``config`` must satisfy when a definition is validated) and
+    ``expression_fields`` (config keys holding raw CEL rather than templates).
+    One instance serves every run of a compiled workflow: keep per-run state in the
+    contexts, not on ``self``.
+    """
+
+    type_name: ClassVar[str] = ""
+    config_model: ClassVar[type[BaseModel] | None] = None
+    expression_fields: ClassVar[frozenset[str]] = frozenset()
+
+    id: str = ""
+    spec: NodeSpec
+    #: the validated config model (unresolved templates stay as strings), if any
+    config: Any = None
+
+    async def execute(
+        self, node_context: NodeContext, workflow_context: WorkflowContext
+    ) -> NodeResult:
+        raise NotImplementedError(f"{type(self).__name__}.execute")
+
+    def expressions(self) -> list[tuple[str, str]]:
+        """``(field, source)`` for every raw CEL expression in this node's config,
+        so validation can compile them and report positions. Default: none."""
+        return []
+
+    def bodies(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(field, raw definition)`` for every nested body workflow in the config,
+        so validation checks them like any workflow."""
+        return []
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} id={self.id!r}>"

@@ -1,0 +1,438 @@
+"""``create_workflow`` and ``validate_workflow``: parse a definition and report *every*
+problem in it at once, each naming the node or edge, the field and the reason."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from app.engine.config import LIMIT_FIELDS, ExecutionConfig
+from app.engine.dsl import EdgeSpec, NodeSpec, WorkflowDefinition
+from app.engine.errors import (
+    ExpressionCompileError,
+    UnknownNodeTypeError,
+    ValidationIssue,
+    WorkflowValidationError,
+)
+from app.engine.expressions import compile_expression, template_expressions
+from app.engine.registry import NodeRegistry
+
+FORMATS_GROUP = "flowcore.formats"
+
+Source = WorkflowDefinition | dict[str, Any] | str | bytes
+
+
+def create_workflow(source: Source, *, limits: ExecutionConfig | None = None) -> WorkflowDefinition:
+    """Parse and validate a definition given as a dict, JSON text or YAML text.
+
+    Raises :class:`WorkflowValidationError` listing every problem found.
+    """
+    definition, issues = _check(source, limits or ExecutionConfig())
+    if issues or definition is None:
+        raise WorkflowValidationError(issues)
+    return definition
+
+
+def validate_workflow(
+    source: Source, *, limits: ExecutionConfig | None = None
+) -> list[ValidationIssue]:
+    """Every problem in a definition (an empty list: it is valid)."""
+    return _check(source, limits or ExecutionConfig())[1]
+
+
+# ------------------------------------------------------------------------------ parsing
+
+
+def _parse_text(text: str) -> Any:
+    stripped = text.lstrip()
+    if stripped.startswith(("{", "[")):
+        return json.loads(text)
+    for ep in entry_points(group=FORMATS_GROUP, name="yaml"):
+        return ep.load()(text)
+    raise ValueError(
+        "the text is not JSON and no YAML loader is installed "
+        f"(entry-point group {FORMATS_GROUP!r}, name 'yaml')"
+    )
+
+
+def _depth(value: Any, limit: int) -> int:
+    """Nesting depth of a JSON-like value, iteratively, stopping just past ``limit``."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            if deepest > limit:
+                return deepest
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
+def _check(
+    source: Source, limits: ExecutionConfig
+) -> tuple[WorkflowDefinition | None, list[ValidationIssue]]:
+    if isinstance(source, WorkflowDefinition):
+        raw: Any = source.model_dump(mode="json", exclude_none=True)
+    elif isinstance(source, str | bytes):
+        text = source.decode() if isinstance(source, bytes) else source
+        if len(text.encode()) > limits.max_definition_bytes:
+            return None, [_too_big(len(text.encode()), limits)]
+        try:
+            raw = _parse_text(text)
+        except Exception as exc:
+            return None, [ValidationIssue(f"cannot parse the definition: {exc}", code="parse")]
+    else:
+        raw = source
+    if not isinstance(raw, dict):
+        return None, [ValidationIssue("a workflow definition must be an object", code="type")]
+    try:
+        size = len(json.dumps(raw, separators=(",", ":"), default=str).encode())
+    except (TypeError, ValueError) as exc:
+        return None, [ValidationIssue(f"the definition is not JSON-like: {exc}", code="type")]
+    if size > limits.max_definition_bytes:
+        return None, [_too_big(size, limits)]
+    depth = _depth(raw, limits.max_nesting_depth)
+    if depth > limits.max_nesting_depth:
+        return None, [
+            ValidationIssue(
+                f"the definition nests deeper than max_nesting_depth={limits.max_nesting_depth}",
+                code="limit",
+            )
+        ]
+    checker = _Checker(limits)
+    definition = checker.definition(raw, prefix="", depth=0)
+    return (definition if not checker.issues else None), checker.issues
+
+
+def _too_big(size: int, limits: ExecutionConfig) -> ValidationIssue:
+    return ValidationIssue(
+        f"the definition is {size} bytes; max_definition_bytes is {limits.max_definition_bytes}",
+        code="limit",
+    )
+
+
+def _field_of(loc: Iterable[int | str]) -> str:
+    return ".".join(str(part) for part in loc) or "(root)"
+
+
+def _issues_from(exc: ValidationError, **where: str | None) -> list[ValidationIssue]:
+    return [
+        ValidationIssue(err["msg"], field=_field_of(err["loc"]), code="schema", **where)
+        for err in exc.errors(include_url=False)
+    ]
+
+
+class _Checker:
+    """Walks a raw definition (and its nested bodies), collecting issues."""
+
+    def __init__(self, limits: ExecutionConfig) -> None:
+        self.limits = limits
+        self.issues: list[ValidationIssue] = []
+        self.node_count = 0
+        self.edge_count = 0
+
+    def add(self, message: str, code: str, **where: str | None) -> None:
+        self.issues.append(ValidationIssue(message, code=code, **where))
+
+    # -- the definition, piece by piece so one bad node does not hide the others
+
+    def definition(self, raw: dict[str, Any], prefix: str, depth: int) -> WorkflowDefinition | None:
+        nodes_raw = raw.get("nodes", [])
+        edges_raw = raw.get("edges", [])
+        top = {k: v for k, v in raw.items() if k not in ("nodes", "edges")}
+        ok = True
+        try:
+            WorkflowDefinition.model_validate(top)
+        except ValidationError as exc:
+            ok = False
+            for issue in _issues_from(exc):
+                self.issues.append(
+                    ValidationIssue(
+                        issue.message, field=prefix + (issue.field or ""), code="schema"
+                    )
+                )
+        nodes = self._nodes(nodes_raw, prefix)
+        edges = self._edges(edges_raw, prefix)
+        if nodes is None or edges is None:
+            # graph checks on a partial graph would only echo the problems found here
+            ok = False
+            nodes, edges = nodes or [], edges or []
+        self.node_count += len(nodes)
+        self.edge_count += len(edges)
+        if depth == 0:
+            self._config(raw.get("config"))
+        if self.node_count > self.limits.max_nodes:
+            self._limit_once("node count", self.node_count, "max_nodes", self.limits.max_nodes)
+        if self.edge_count > self.limits.max_edges:
+            self._limit_once("edge count", self.edge_count, "max_edges", self.limits.max_edges)
+        if ok and not self._graph(nodes, edges, prefix):
+            ok = False
+        if nodes and not self._node_types(nodes, prefix, depth):
+            ok = False
+        for name, source in (
+            (raw.get("output") or {}).items() if isinstance(raw.get("output"), dict) else []
+        ):
+            if isinstance(source, str):
+                self._expression(source, field=f"{prefix}output.{name}")
+        if not ok or self.issues:
+            return None
+        return WorkflowDefinition.model_validate({**top, "nodes": nodes, "edges": edges})
+
+    def _limit_once(self, what: str, value: int, knob: str, limit: int) -> None:
+        message = f"the {what} {value} exceeds {knob}={limit}"
+        if not any(i.code == "limit" and knob in i.message for i in self.issues):
+            self.add(message, "limit")
+
+    def _nodes(self, raw: Any, prefix: str) -> list[NodeSpec] | None:
+        if not isinstance(raw, list):
+            self.add("must be a list of nodes", "schema", field=prefix + "nodes")
+            return None
+        if len(raw) > self.limits.max_nodes:
+            self._limit_once("node count", len(raw), "max_nodes", self.limits.max_nodes)
+            return None
+        nodes: list[NodeSpec] = []
+        ok = True
+        for index, item in enumerate(raw):
+            label: str = (
+                item["id"]
+                if isinstance(item, dict) and isinstance(item.get("id"), str)
+                else f"#{index}"
+            )
+            try:
+                nodes.append(NodeSpec.model_validate(item))
+            except ValidationError as exc:
+                ok = False
+                for issue in _issues_from(exc):
+                    self.add(issue.message, "schema", node=prefix + label, field=issue.field)
+        return nodes if ok else None
+
+    def _edges(self, raw: Any, prefix: str) -> list[EdgeSpec] | None:
+        if not isinstance(raw, list):
+            self.add("must be a list of edges", "schema", field=prefix + "edges")
+            return None
+        if len(raw) > self.limits.max_edges:
+            self._limit_once("edge count", len(raw), "max_edges", self.limits.max_edges)
+            return None
+        edges: list[EdgeSpec] = []
+        ok = True
+        for index, item in enumerate(raw):
+            try:
+                edges.append(EdgeSpec.model_validate(item))
+            except ValidationError as exc:
+                ok = False
+                label = (
+                    f"{item.get('source')}->{item.get('target')}"
+                    if isinstance(item, dict)
+                    else f"#{index}"
+                )
+                for issue in _issues_from(exc):
+                    self.add(issue.message, "schema", edge=prefix + label, field=issue.field)
+        return edges if ok else None
+
+    def _config(self, raw: Any) -> None:
+        if raw is None:
+            return
+        if not isinstance(raw, dict):
+            self.add("must be an object of ExecutionConfig knobs", "config", field="config")
+            return
+        known = set(ExecutionConfig.model_fields)
+        for key in raw:
+            if key in LIMIT_FIELDS:
+                self.add(
+                    f"{key} is a definition limit, set by whoever validates the definition",
+                    "config",
+                    field=f"config.{key}",
+                )
+            elif key not in known or key == "error_handler":
+                self.add(f"unknown execution knob {key!r}", "config", field=f"config.{key}")
+        try:
+            ExecutionConfig.model_validate(
+                {
+                    k: v
+                    for k, v in raw.items()
+                    if k in known and k not in LIMIT_FIELDS and k != "error_handler"
+                }
+            )
+        except ValidationError as exc:
+            for issue in _issues_from(exc):
+                self.add(issue.message, "config", field=f"config.{issue.field}")
+
+    def _expression(self, source: str, **where: str | None) -> None:
+        if len(source) > self.limits.max_expression_length:
+            self.add(
+                f"the expression is {len(source)} characters; max_expression_length is "
+                f"{self.limits.max_expression_length}",
+                "limit",
+                **where,
+            )
+            return
+        try:
+            compile_expression(source)
+        except ExpressionCompileError as exc:
+            self.add(str(exc), "expression", **where)
+
+    def _templates(self, value: Any, node: str, field: str) -> None:
+        if isinstance(value, str):
+            if "{{" in value:
+                for source in template_expressions(value):
+                    self._expression(source, node=node, field=field)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                self._templates(item, node, f"{field}.{key}")
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self._templates(item, node, f"{field}[{index}]")
+
+    # -- graph structure
+
+    def _graph(self, nodes: list[NodeSpec], edges: list[EdgeSpec], prefix: str) -> bool:
+        ok = True
+        ids: set[str] = set()
+        for spec in nodes:
+            if spec.id in ids:
+                self.add("duplicate node id", "duplicate_id", node=prefix + spec.id, field="id")
+                ok = False
+            ids.add(spec.id)
+        seen_edges: set[tuple[str, str]] = set()
+        good: list[EdgeSpec] = []
+        for edge in edges:
+            label = prefix + edge.label
+            bad = False
+            for end in ("source", "target"):
+                if getattr(edge, end) not in ids:
+                    self.add(
+                        f"unknown node {getattr(edge, end)!r}",
+                        "unknown_node",
+                        edge=label,
+                        field=end,
+                    )
+                    bad = True
+            if (edge.source, edge.target) in seen_edges:
+                self.add("duplicate edge", "duplicate_edge", edge=label)
+                bad = True
+            seen_edges.add((edge.source, edge.target))
+            if edge.condition is not None:
+                self._expression(edge.condition, edge=label, field="condition")
+            if not bad:
+                good.append(edge)
+        ok = ok and len(good) == len(edges)
+        cycle = _find_cycle([s.id for s in nodes], good)
+        if cycle:
+            path = " -> ".join(prefix + n for n in cycle)
+            self.add(f"the graph has a cycle: {path}", "cycle", node=prefix + cycle[0])
+            ok = False
+        # fallbacks: must exist, must not be the node itself, chains must not loop
+        fallback = {s.id: s.fallback for s in nodes if s.fallback is not None}
+        for node_id, target in fallback.items():
+            if target not in ids:
+                self.add(
+                    f"unknown fallback node {target!r}",
+                    "unknown_node",
+                    node=prefix + node_id,
+                    field="fallback",
+                )
+                ok = False
+        for node_id in fallback:
+            chain = [node_id]
+            current = fallback.get(node_id)
+            while current is not None and current in ids:
+                if current in chain:
+                    loop = " -> ".join(
+                        prefix + n for n in [*chain[chain.index(current) :], current]
+                    )
+                    if chain[0] == current:  # report each loop once, from its first member
+                        self.add(
+                            f"fallback chain loops: {loop}",
+                            "fallback_cycle",
+                            node=prefix + node_id,
+                            field="fallback",
+                        )
+                        ok = False
+                    break
+                chain.append(current)
+                current = fallback.get(current)
+        return ok
+
+    def _node_types(self, nodes: list[NodeSpec], prefix: str, depth: int) -> bool:
+        ok = True
+        for spec in nodes:
+            node = prefix + spec.id
+            try:
+                node_cls = NodeRegistry.get(spec.type)
+            except UnknownNodeTypeError as exc:
+                self.add(str(exc), "unknown_type", node=node, field="type")
+                ok = False
+                continue
+            model: type[BaseModel] | None = node_cls.config_model
+            instance = node_cls()
+            instance.id = spec.id
+            instance.spec = spec
+            if model is not None:
+                try:
+                    instance.config = model.model_validate(spec.config)
+                except ValidationError as exc:
+                    ok = False
+                    for issue in _issues_from(exc):
+                        self.add(issue.message, "config", node=node, field=f"config.{issue.field}")
+                    continue
+            skip = node_cls.expression_fields
+            for key, value in spec.config.items():
+                if key not in skip:
+                    self._templates(value, node, f"config.{key}")
+            for field, source in instance.expressions():
+                self._expression(source, node=node, field=f"config.{field}")
+            for field, body in instance.bodies():
+                if depth + 1 >= self.limits.max_nesting_depth:
+                    self.add(
+                        "body workflows nest too deeply",
+                        "limit",
+                        node=node,
+                        field=f"config.{field}",
+                    )
+                    ok = False
+                    continue
+                self.definition(body, prefix=f"{node}.{field}/", depth=depth + 1)
+        return ok
+
+
+def _find_cycle(ids: list[str], edges: list[EdgeSpec]) -> list[str] | None:
+    """A cycle as a closed path [a, b, ..., a], or None. Kahn's algorithm, then a walk."""
+    children: dict[str, list[str]] = {i: [] for i in ids}
+    indegree = dict.fromkeys(ids, 0)
+    for edge in edges:
+        children[edge.source].append(edge.target)
+        indegree[edge.target] += 1
+    queue = deque(i for i in ids if indegree[i] == 0)
+    while queue:
+        current = queue.popleft()
+        for child in children[current]:
+            indegree[child] -= 1
+            if indegree[child] == 0:
+                queue.append(child)
+    remaining = {i for i, d in indegree.items() if d > 0}
+    if not remaining:
+        return None
+    # Every remaining node has a remaining parent: walk parents until one repeats.
+    parents: dict[str, str] = {}
+    for edge in edges:
+        if edge.source in remaining and edge.target in remaining:
+            parents.setdefault(edge.target, edge.source)
+    start = min(remaining)
+    walk = [start]
+    position = {start: 0}
+    current = start
+    while True:
+        current = parents[current]
+        if current in position:
+            cycle = walk[position[current] :]
+            cycle.reverse()
+            return [*cycle, cycle[0]]
+        position[current] = len(walk)
+        walk.append(current)

@@ -1,0 +1,1 @@
+"""The ``http`` node type (placeholder until its module lands)."""
