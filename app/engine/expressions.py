@@ -6,7 +6,9 @@ over a scope of plain JSON-like values: ``input``, ``vars``, ``nodes.<id>.output
 visible, and the CEL runtime refuses Python objects outright, so no expression can
 reach an attribute of a Python object.
 
-Speed: the CEL runtime converts every value in its activation on every call, so an
+The runtime is cel-expr-python (the CEL project's C++ implementation); see
+docs/expressions.md for why. Speed: the runtime converts each top-level variable an
+expression reads on every call, so an
 expression is evaluated over a *pruned* ``nodes`` map holding only the node ids it names
 (found statically when it is compiled). A workflow with 10,000 completed nodes costs
 an expression that reads one of them the same as a workflow with one.
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-import cel
+from cel_expr_python import cel
 
 from app.engine.errors import ExpressionCompileError, ExpressionEvaluationError
 
@@ -33,6 +35,12 @@ _TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 
 SCOPE_NAMES = frozenset({"input", "vars", "nodes", "run", "item", "index", "iteration", "last"})
 
+# One environment for every expression: the scope names are declared (as dynamic values),
+# so a reference to anything else is a compile error, not a runtime surprise.
+_ENV = cel.NewEnv(variables=dict.fromkeys(SCOPE_NAMES, cel.Type.DYN))
+_ERROR = cel.Type.ERROR
+_NOT_FOUND = re.compile(r'Key not found in map : "(.*)"')
+
 
 @dataclass(frozen=True, slots=True)
 class Expression:
@@ -44,15 +52,25 @@ class Expression:
 
     def evaluate(self, scope: Scope) -> Any:
         try:
-            return self.program.execute(scope.activation(self.node_refs))
-        except Exception as exc:  # the runtime raises plain Python errors
-            raise ExpressionEvaluationError(self.source, _describe(exc)) from None
+            value = self.program.eval(data=scope.activation(self.node_refs))
+        except Exception as exc:  # defensive: the runtime reports errors as values
+            raise ExpressionEvaluationError(self.source, str(exc)) from None
+        if value.type() == _ERROR:
+            raise ExpressionEvaluationError(self.source, _describe(str(value.value())))
+        return value.plain_value()
 
 
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, KeyError):
-        return f"no such key: {exc.args[0]!r}" if exc.args else "no such key"
-    return str(exc) or type(exc).__name__
+def _describe(message: str) -> str:
+    """The runtime's error text, without its status-code prefix."""
+    status, _, detail = message.partition(": ")
+    if not detail:
+        return message
+    missing = _NOT_FOUND.search(detail)
+    if missing:
+        return f"no such key: {missing.group(1)!r}"
+    if status == "UNKNOWN" and "No value with name" in detail:
+        return detail.replace("in Activation", "in this scope")
+    return detail
 
 
 def _node_refs(source: str) -> frozenset[str] | None:
@@ -69,12 +87,14 @@ def compile_expression(source: str) -> Expression:
     if not source.strip():
         raise ExpressionCompileError(source, "the expression is empty", 1, 1)
     try:
-        program = cel.compile(source)
+        program = _ENV.compile(source)
     except Exception as exc:
         text = str(exc)
         match = _POSITION.search(text)
         if match:
             reason = match.group(3).splitlines()[0].strip()
+            if "undeclared reference" in reason:
+                reason += f"; expressions can use {', '.join(sorted(SCOPE_NAMES))}"
             raise ExpressionCompileError(
                 source, reason, int(match.group(1)), int(match.group(2))
             ) from None
