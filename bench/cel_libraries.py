@@ -2,7 +2,7 @@
 
 Not part of `make bench` (the alternatives are not dependencies). To reproduce:
 
-    .venv/bin/uv pip install --python .venv/bin/python cel-python cel-expr-python
+    .venv/bin/uv pip install --python .venv/bin/python cel-python common-expression-language
     .venv/bin/python -m bench.cel_libraries
 
 Prints µs per evaluation (median of 5 repetitions) for a condition over a node output
@@ -15,6 +15,7 @@ from __future__ import annotations
 import statistics
 import timeit
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 SMALL: dict[str, Any] = {
@@ -34,57 +35,49 @@ def _us(fn: Callable[[], Any], number: int) -> float:
     return statistics.median(runs)
 
 
+def _measure(
+    rows: list[tuple[str, str, str, float]],
+    library: str,
+    source: str,
+    run: Callable[[dict[str, Any]], Any],
+    slow: bool = False,
+) -> None:
+    rows.append((library, source, "small", _us(lambda: run(SMALL), 500 if slow else 20000)))
+    rows.append((library, source, "1,000 nodes", _us(lambda: run(BIG), 5 if slow else 50)))
+
+
+def _google_eval(expr: Any, data: dict[str, Any]) -> Any:
+    return expr.eval(data=data).plain_value()
+
+
+def _celpy_eval(program: Any, celpy: Any, data: dict[str, Any]) -> Any:
+    return program.evaluate(celpy.json_to_cel(data))
+
+
 def main() -> None:
     rows: list[tuple[str, str, str, float]] = []
-    import cel  # common-expression-language (the one Flowcore uses)
+    from cel_expr_python import cel as google_cel  # the runtime Flowcore uses
 
+    env = google_cel.NewEnv(variables=dict.fromkeys(SMALL, google_cel.Type.DYN))
     for src in EXPRESSIONS:
-        program = cel.compile(src)
-        rows.append(
-            ("common-expression-language", src, "small", _us(lambda: program.execute(SMALL), 20000))
-        )
+        expr = env.compile(src)
+        _measure(rows, "cel-expr-python", src, partial(_google_eval, expr))
+    rows.append(("cel-expr-python", "compile", "", _us(lambda: env.compile(EXPRESSIONS[0]), 2000)))
+    try:
+        import cel
+    except ImportError:
+        print("common-expression-language not installed; skipped")
+    else:
+        for src in EXPRESSIONS:
+            program = cel.compile(src)
+            _measure(rows, "common-expression-language", src, program.execute)
         rows.append(
             (
                 "common-expression-language",
-                src,
-                "1,000 nodes",
-                _us(lambda: program.execute(BIG), 50),
+                "compile",
+                "",
+                _us(lambda: cel.compile(EXPRESSIONS[0]), 2000),
             )
-        )
-    rows.append(
-        (
-            "common-expression-language",
-            "compile",
-            "",
-            _us(lambda: cel.compile(EXPRESSIONS[0]), 2000),
-        )
-    )
-    try:
-        from cel_expr_python import cel as google_cel
-    except ImportError:
-        print("cel-expr-python not installed; skipped")
-    else:
-        env = google_cel.NewEnv(variables={k: google_cel.Type.DYN for k in SMALL})
-        for src in EXPRESSIONS:
-            expr = env.compile(src)
-            rows.append(
-                (
-                    "cel-expr-python",
-                    src,
-                    "small",
-                    _us(lambda: expr.eval(data=SMALL).plain_value(), 20000),
-                )
-            )
-            rows.append(
-                (
-                    "cel-expr-python",
-                    src,
-                    "1,000 nodes",
-                    _us(lambda: expr.eval(data=BIG).plain_value(), 50),
-                )
-            )
-        rows.append(
-            ("cel-expr-python", "compile", "", _us(lambda: env.compile(EXPRESSIONS[0]), 2000))
         )
     try:
         import celpy
@@ -94,21 +87,12 @@ def main() -> None:
         cenv = celpy.Environment()
         for src in EXPRESSIONS:
             prg = cenv.program(cenv.compile(src))
-            rows.append(
-                (
-                    "cel-python",
-                    src,
-                    "small",
-                    _us(lambda: prg.evaluate(celpy.json_to_cel(SMALL)), 500),
-                )
-            )
-            rows.append(
-                (
-                    "cel-python",
-                    src,
-                    "1,000 nodes",
-                    _us(lambda: prg.evaluate(celpy.json_to_cel(BIG)), 5),
-                )
+            _measure(
+                rows,
+                "cel-python",
+                src,
+                partial(_celpy_eval, prg, celpy),
+                slow=True,
             )
     print(f"{'library':<28} {'expression':<34} {'scope':<12} {'µs':>10}")
     for lib, src, scope, us in rows:
