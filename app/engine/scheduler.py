@@ -237,7 +237,10 @@ class RunHandle:
         record.started_at = time.time()
         record.status = NodeStatus.RUNNING
         event_id = self.path + cn.id
-        shared.emit(EventType.NODE_STARTED, event_id, {"type": cn.spec.type})
+        if shared.sinks:
+            shared.emit(EventType.NODE_STARTED, event_id, {"type": cn.spec.type})
+        else:  # nobody listens: keep the sequence, skip building the payload
+            shared.seq += 1
         try:
             config = cn.config.render(self.scope)
         except FlowcoreError as exc:
