@@ -15,26 +15,43 @@ scheduler in ``scheduler.py``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import Any
 
+from app.engine.breaker import CircuitBreakerStore, process_breakers
+from app.engine.cache import Cache, InMemoryCache
+from app.engine.checkpoint import (
+    Checkpoint,
+    CheckpointNotFoundError,
+    CheckpointStore,
+    InMemoryCheckpointStore,
+)
 from app.engine.config import ExecutionConfig
 from app.engine.dsl import NodeSpec, WorkflowDefinition
 from app.engine.errors import InputValidationError, RunNotFoundError
 from app.engine.events import Event, EventSink, EventType
 from app.engine.expressions import Scope
 from app.engine.graph import compile_workflow
+from app.engine.metrics import MetricsCollector
 from app.engine.node import NodeContext, NodeResult, WorkflowContext
 from app.engine.ports import Clock, SystemClock, WorkflowResolver
 from app.engine.result import NodeStatus, RunError, RunResult, RunStatus
-from app.engine.scheduler import RunHandle, RunShared, Strategy
+from app.engine.scheduler import RunHandle, RunShared, Strategy, _notify
 from app.engine.schema import check_input
+from app.engine.trace import build_trace
 from app.engine.validation import Source, create_workflow
+
+logger = logging.getLogger("flowcore.engine")
 
 __all__ = [
     "ConditionalExecutor",
+    "DebugExecutor",
+    "DebugState",
     "ParallelExecutor",
     "SequentialExecutor",
     "Strategy",
@@ -50,12 +67,52 @@ class _QueueSink:
         self.queue.put_nowait(event)
 
 
+class _LogSink:
+    """``verbose_logging``: every event to the ``flowcore.engine`` logger at DEBUG."""
+
+    def publish(self, event: Event) -> None:
+        logger.debug(
+            "run %s #%d %s %s %s",
+            event.run_id,
+            event.seq,
+            event.type.value,
+            event.node_id or "-",
+            event.data,
+        )
+
+
+class _DictSink:
+    """Keeps events as dicts, for a DEBUG-level execution trace."""
+
+    def __init__(self) -> None:
+        self.events: list[dict[str, Any]] = []
+
+    def publish(self, event: Event) -> None:
+        self.events.append(event.to_dict())
+
+
+@dataclass(slots=True)
+class DebugState:
+    """What ``DebugExecutor.get_current_state()`` shows."""
+
+    run_id: str | None
+    status: str
+    #: the node started most recently (the one running now, in a sequential run)
+    current_node: str | None
+    #: every node running right now
+    current_nodes: list[str]
+    context: dict[str, Any]
+    completed: list[str] = field(default_factory=list)
+    error: RunError | None = None
+
+
 class WorkflowExecutor:
     """Runs workflows in-process. One executor can run many workflows concurrently.
 
     Subclasses may override the async hooks ``pre_workflow_hook``, ``pre_node_hook``,
-    ``post_node_hook`` and ``post_workflow_hook``; hooks that are not overridden cost
-    nothing.
+    ``post_node_hook``, ``post_workflow_hook`` and ``handle_error``; hooks that are not
+    overridden cost nothing. ``callbacks`` are objects with any of ``on_workflow_start``,
+    ``on_node_start``, ``on_node_end`` and ``on_workflow_end`` (sync or async).
     """
 
     strategy: Strategy = Strategy()
@@ -64,17 +121,26 @@ class WorkflowExecutor:
         self,
         config: ExecutionConfig | None = None,
         *,
-        metrics_collector: Any = None,
+        metrics_collector: MetricsCollector | None = None,
         event_sinks: list[EventSink] | None = None,
         workflows: WorkflowResolver | None = None,
         clock: Clock | None = None,
+        checkpoint_store: CheckpointStore | None = None,
+        cache: Cache | None = None,
+        circuit_breakers: CircuitBreakerStore | None = None,
+        callbacks: list[Any] | None = None,
     ) -> None:
         self.config = config if config is not None else ExecutionConfig()
         self.metrics_collector = metrics_collector
         self.event_sinks = list(event_sinks or [])
         self.workflows = workflows
         self.clock = clock or SystemClock()
+        self.checkpoint_store = checkpoint_store
+        self.cache = cache
+        self.circuit_breakers = circuit_breakers
+        self.callbacks = list(callbacks or [])
         self._runs: dict[str, RunShared] = {}
+        self._last: RunShared | None = None
 
     # --------------------------------------------------------------------- hooks
 
@@ -89,6 +155,12 @@ class WorkflowExecutor:
 
     async def post_workflow_hook(self, workflow: WorkflowDefinition, result: RunResult) -> None:
         """Called after a workflow finished, whatever its status."""
+
+    async def handle_error(self, error: BaseException, node: NodeSpec, context: NodeContext) -> Any:
+        """Called when a node failed for good (after its retries). Return a NodeResult
+        (or an output value) to recover; raise (the default re-raises ``error``) to let
+        the failure stand."""
+        raise error
 
     def _overrides(self, hook: str) -> bool:
         return getattr(type(self), hook) is not getattr(WorkflowExecutor, hook)
@@ -114,26 +186,95 @@ class WorkflowExecutor:
         definition = (
             workflow if isinstance(workflow, WorkflowDefinition) else create_workflow(workflow)
         )
+        return await self._run(
+            definition, input_data, run_id or uuid.uuid4().hex, config, context, event_sinks, None
+        )
+
+    async def resume_from_checkpoint(
+        self, checkpoint_id: str, *, event_sinks: list[EventSink] | None = None
+    ) -> RunResult:
+        """Load a checkpoint from ``checkpoint_store`` and continue its run."""
+        checkpoint = await self._checkpoints().load(checkpoint_id)
+        return await self.continue_execution(checkpoint, event_sinks=event_sinks)
+
+    async def continue_execution(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        event_sinks: list[EventSink] | None = None,
+        variables: dict[str, Any] | None = None,
+    ) -> RunResult:
+        """Continue the run a checkpoint belongs to: nodes it recorded as finished are
+        not run again; delays sleep only their remaining time; waits wait again."""
+        if checkpoint.definition is None:
+            raise CheckpointNotFoundError(f"checkpoint {checkpoint.id!r} holds no definition")
+        definition = create_workflow(checkpoint.definition)
+        return await self._run(
+            definition,
+            checkpoint.input,
+            checkpoint.run_id,
+            None,
+            None,
+            event_sinks,
+            checkpoint,
+            variables,
+        )
+
+    def _checkpoints(self) -> CheckpointStore:
+        if self.checkpoint_store is None:
+            self.checkpoint_store = InMemoryCheckpointStore()
+        return self.checkpoint_store
+
+    async def _run(
+        self,
+        definition: WorkflowDefinition,
+        input_data: Any,
+        run_id: str,
+        config: dict[str, Any] | None,
+        context: WorkflowContext | None,
+        event_sinks: list[EventSink] | None,
+        restore: Checkpoint | None,
+        variables_patch: dict[str, Any] | None = None,
+    ) -> RunResult:
         compiled = compile_workflow(definition)
         effective = self.config.merged(definition.config).merged(config)
-        if definition.input_schema is not None:
+        if definition.input_schema is not None and restore is None:
             problems = check_input(definition.input_schema, input_data)
             if problems:
                 raise InputValidationError(problems)
-        run_id = run_id or uuid.uuid4().hex
         if run_id in self._runs:
             raise ValueError(f"run {run_id!r} is already active in this executor")
-        strategy = self.strategy
         sinks = [*self.event_sinks, *(event_sinks or [])]
+        if effective.verbose_logging:
+            sinks.append(_LogSink())
+        trace_sink: _DictSink | None = None
+        if effective.trace_execution and effective.trace_level == "DEBUG":
+            trace_sink = _DictSink()
+            sinks.append(trace_sink)
         shared = RunShared(
-            run_id, definition.id, effective, strategy, sinks, self.clock, self.workflows, self
+            run_id, definition.id, effective, self.strategy, sinks, self.clock, self.workflows, self
         )
+        if effective.enable_cache or any(n.spec.cache is not None for n in compiled.nodes):
+            if self.cache is None:
+                self.cache = InMemoryCache(effective.cache_size, self.clock)
+            shared.cache = self.cache
+        shared.breakers = self.circuit_breakers or process_breakers()
         wctx = context or WorkflowContext(definition.id)
         wctx.run_id = run_id
         wctx.input = input_data
         variables = wctx.variables
+        if restore is not None:
+            variables.update(restore.variables)
+            shared.seq = restore.event_seq
+            shared.checkpoint_sequence = restore.sequence
+            shared.restored = dict(restore.completed)
+            shared.restored_pending = {
+                k: v for k, v in restore.pending.items() if v.get("kind") == "delay"
+            }
         for key, value in definition.vars.items():
             variables.setdefault(key, value)
+        if variables_patch:
+            variables.update(variables_patch)
         started = time.time()
         run_info = {"id": run_id, "workflow_id": definition.id, "started_at": started}
         scope = Scope(input_data, variables, {}, run_info)
@@ -141,16 +282,31 @@ class WorkflowExecutor:
         shared.root = handle
         result = RunResult(run_id, definition.id, RunStatus.RUNNING, started_at=started)
         self._runs[run_id] = shared
+        self._last = shared
         try:
             if self._overrides("pre_workflow_hook"):
                 await self.pre_workflow_hook(definition, input_data)
+            if self.callbacks:
+                await _notify(self.callbacks, "on_workflow_start", definition, input_data)
             shared.status = RunStatus.RUNNING
             wctx.status = "running"
-            shared.emit(
-                EventType.RUN_STARTED,
-                None,
-                {"workflow_id": definition.id, "version": definition.version},
-            )
+            if effective.enable_checkpoints:
+                shared.start_checkpoints(
+                    self._checkpoints(),
+                    {
+                        "definition": definition.model_dump(mode="json", exclude_none=True),
+                        "input": input_data,
+                    },
+                )
+            if restore is None:
+                shared.emit(
+                    EventType.RUN_STARTED,
+                    None,
+                    {"workflow_id": definition.id, "version": definition.version},
+                )
+                handle.checkpoint("running")
+            else:
+                shared.emit(EventType.RUN_RESUMED, None, {"checkpoint_id": restore.id})
             try:
                 if effective.timeout_seconds is None:
                     await handle.run()
@@ -164,10 +320,27 @@ class WorkflowExecutor:
                 handle.cancelled = False
             except asyncio.CancelledError:
                 self._finish(result, handle, shared)
+                with contextlib.suppress(Exception):
+                    await shared.finish_checkpoints()
                 raise
             self._finish(result, handle, shared)
+            await shared.finish_checkpoints()
+            if shared.checkpoint_error is not None:
+                raise shared.checkpoint_error
+            if effective.trace_execution:
+                result.execution_trace = build_trace(
+                    result, effective.trace_level, trace_sink.events if trace_sink else None
+                )
+                if effective.trace_output:
+                    await asyncio.to_thread(result.execution_trace.write, effective.trace_output)
+            if effective.collect_metrics and self.metrics_collector is None:
+                self.metrics_collector = MetricsCollector()
+            if self.metrics_collector is not None:
+                self.metrics_collector.record_run(result)
             if self._overrides("post_workflow_hook"):
                 await self.post_workflow_hook(definition, result)
+            if self.callbacks:
+                await _notify(self.callbacks, "on_workflow_end", definition, result)
             return result
         finally:
             del self._runs[run_id]
@@ -177,18 +350,30 @@ class WorkflowExecutor:
         result.node_results = {record.node_id: record for record in handle.records}
         result.errors = handle.errors
         result.variables = handle.scope.vars
-        if handle.error is not None:
+        if handle.breakpoint is not None:
+            result.status = RunStatus.WAITING
+            result.error = handle.breakpoint
+            shared.emit(
+                EventType.RUN_WAITING,
+                handle.breakpoint.node_id,
+                {"reason": "break_on_error", "error": handle.breakpoint.to_dict()},
+            )
+            handle.checkpoint("waiting", handle.breakpoint)
+        elif handle.error is not None:
             result.status = RunStatus.FAILED
             result.error = handle.error
             shared.emit(EventType.RUN_FAILED, None, {"error": handle.error.to_dict()})
+            handle.checkpoint("failed", handle.error)
         elif handle.cancelled:
             result.status = RunStatus.CANCELLED
             result.error = RunError("the run was cancelled", "cancelled")
             shared.emit(EventType.RUN_CANCELLED, None, {})
+            handle.checkpoint("cancelled", result.error)
         else:
             result.status = RunStatus.SUCCEEDED
             result.output = handle.output
             shared.emit(EventType.RUN_SUCCEEDED, None, {"output": handle.output})
+            handle.checkpoint("succeeded")
         for record in handle.records:
             if (
                 record.status in (NodeStatus.PENDING, NodeStatus.QUEUED)
@@ -253,6 +438,30 @@ class WorkflowExecutor:
     def active_runs(self) -> list[str]:
         return list(self._runs)
 
+    def get_current_state(self, run_id: str | None = None) -> DebugState:
+        """The state of a run (default: the latest one): the nodes running now, the
+        context, what completed. Node tracking needs ``debug_mode``."""
+        shared = self._runs.get(run_id) if run_id else self._last
+        if shared is None or shared.root is None:
+            return DebugState(None, "idle", None, [], {})
+        root = shared.root
+        current = list(shared.current)
+        return DebugState(
+            run_id=shared.run_id,
+            status=shared.status.value,
+            current_node=current[-1] if current else shared.last_node,
+            current_nodes=current,
+            context={
+                "workflow_id": root.context.workflow_id,
+                "run_id": shared.run_id,
+                "input": root.scope.input,
+                "variables": dict(root.scope.vars),
+                "node_outputs": dict(root.scope.nodes),
+            },
+            completed=[r.node_id for r in root.records if r.status is NodeStatus.SUCCEEDED],
+            error=root.error or root.breakpoint,
+        )
+
     def _shared(self, run_id: str) -> RunShared:
         try:
             return self._runs[run_id]
@@ -284,3 +493,20 @@ class ConditionalExecutor(WorkflowExecutor):
     edge order, and its unconditional out-edges are the else branch."""
 
     strategy = Strategy(branching="first")
+
+
+class DebugExecutor(WorkflowExecutor):
+    """A ``WorkflowExecutor`` with ``debug_mode`` on, usable as an async context manager;
+    ``get_current_state()`` shows the running nodes and the context at any point."""
+
+    def __init__(self, config: ExecutionConfig | None = None, **kwargs: Any) -> None:
+        config = (config or ExecutionConfig()).model_copy()
+        config.debug_mode = True
+        super().__init__(config, **kwargs)
+
+    async def __aenter__(self) -> DebugExecutor:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        for run_id in self.active_runs():
+            self.cancel(run_id)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.engine.dsl import CircuitBreakerPolicy
 from app.engine.events import EventType
 from app.engine.expressions import Scope, ValueTemplate, compile_expression
 
@@ -27,6 +28,8 @@ class NodeResult(BaseModel):
     error_kind: str | None = None
     variables: dict[str, Any] = Field(default_factory=dict)
     metadata: dict[str, Any] = Field(default_factory=dict)
+    #: the exception behind a failure, when there was one (not serialised)
+    exception: BaseException | None = Field(None, exclude=True, repr=False)
 
 
 class WorkflowContext:
@@ -139,8 +142,9 @@ class NodeContext:
         return self._handle.shared.config.max_concurrent_tasks
 
     async def sleep(self, seconds: float) -> None:
-        """Sleep on the engine's clock (a fake clock in tests)."""
-        await self._handle.shared.clock.sleep(seconds)
+        """Sleep on the engine's clock (a fake clock in tests). With checkpoints on, the
+        wake time is checkpointed first, so a resumed run sleeps only what is left."""
+        await self._handle.sleep(self.node_id, seconds)
 
     async def wait_for_signal(self, name: str, timeout: float | None = None) -> Any:
         """Park the run in ``waiting`` until ``executor.signal(run_id, name, payload)``."""
@@ -174,6 +178,10 @@ class BaseNode:
     type_name: ClassVar[str] = ""
     config_model: ClassVar[type[BaseModel] | None] = None
     expression_fields: ClassVar[frozenset[str]] = frozenset()
+    #: whether results may be served from the cache (False for time or signal nodes)
+    cacheable: ClassVar[bool] = True
+    #: a breaker every node of this type gets unless its spec sets ``circuit_breaker``
+    default_circuit_breaker: ClassVar[CircuitBreakerPolicy | None] = None
 
     id: str = ""
     spec: NodeSpec
@@ -184,6 +192,11 @@ class BaseNode:
         self, node_context: NodeContext, workflow_context: WorkflowContext
     ) -> NodeResult:
         raise NotImplementedError(f"{type(self).__name__}.execute")
+
+    def breaker_key(self, config: Any) -> str:
+        """The circuit-breaker key for a call with this resolved config (default: the
+        node type; the ``http`` node uses the target host)."""
+        return self.type_name or type(self).__name__
 
     def expressions(self) -> list[tuple[str, str]]:
         """``(field, source)`` for every raw CEL expression in this node's config,

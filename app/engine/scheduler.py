@@ -19,6 +19,7 @@ Rules:
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import time
 from collections import deque
@@ -26,6 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from app.engine.breaker import CircuitBreakerStore, CircuitOpenError
+from app.engine.cache import Cache, cache_key
+from app.engine.checkpoint import CheckpointRecord, CheckpointStore, NodeCheckpoint
 from app.engine.config import ExecutionConfig
 from app.engine.dsl import RetryPolicy, WorkflowDefinition
 from app.engine.errors import (
@@ -34,7 +38,7 @@ from app.engine.errors import (
     NodeTimeoutError,
 )
 from app.engine.events import Event, EventSink, EventType
-from app.engine.expressions import Scope
+from app.engine.expressions import Scope, compile_template
 from app.engine.graph import CompiledNode, CompiledWorkflow, compile_workflow
 from app.engine.node import NodeContext, NodeResult, WorkflowContext
 from app.engine.ports import Clock, WorkflowResolver
@@ -91,6 +95,58 @@ class RunShared:
         self.root: RunHandle | None = None
         self.hook_pre_node = executor is not None and executor._overrides("pre_node_hook")
         self.hook_post_node = executor is not None and executor._overrides("post_node_hook")
+        self.hook_handle_error = executor is not None and executor._overrides("handle_error")
+        self.callbacks: list[Any] = list(executor.callbacks) if executor is not None else []
+        self.cache: Cache | None = None
+        self.breakers: CircuitBreakerStore | None = None
+        # checkpointing (root graph only)
+        self.checkpoints: CheckpointStore | None = None
+        self.checkpoint_sequence = 0
+        self.checkpoint_header: dict[str, Any] | None = None
+        self._checkpoint_queue: list[CheckpointRecord] = []
+        self._checkpoint_wake: asyncio.Event | None = None
+        self._checkpoint_task: asyncio.Task[None] | None = None
+        self._checkpoint_closing = False
+        self.checkpoint_error: BaseException | None = None
+        #: node id -> pending delay/wait (what a checkpoint keeps to resume them)
+        self.pending: dict[str, dict[str, Any]] = {}
+        #: state restored from a checkpoint: node id -> finished node, and pending items
+        self.restored: dict[str, NodeCheckpoint] = {}
+        self.restored_pending: dict[str, dict[str, Any]] = {}
+        #: the node ids running right now (tracked only in debug mode)
+        self.debug = config.debug_mode
+        self.current: dict[str, float] = {}
+        self.last_node: str | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def start_checkpoints(self, store: CheckpointStore, header: dict[str, Any]) -> None:
+        self.checkpoints = store
+        self.checkpoint_header = header
+        self._checkpoint_wake = asyncio.Event()
+        self._checkpoint_task = asyncio.get_running_loop().create_task(self._write_checkpoints())
+
+    def queue_checkpoint(self, record: CheckpointRecord) -> None:
+        self._checkpoint_queue.append(record)
+        assert self._checkpoint_wake is not None
+        self._checkpoint_wake.set()
+
+    async def _write_checkpoints(self) -> None:
+        """Writes queued records in order, batching whatever piled up meanwhile."""
+        assert self._checkpoint_wake is not None
+        assert self.checkpoints is not None
+        while True:
+            await self._checkpoint_wake.wait()
+            self._checkpoint_wake.clear()
+            batch, self._checkpoint_queue = self._checkpoint_queue, []
+            if batch:
+                try:
+                    await self.checkpoints.append(batch)
+                except Exception as exc:  # surfaced by finish_checkpoints
+                    self.checkpoint_error = exc
+                    return
+            if self._checkpoint_closing and not self._checkpoint_queue:
+                return
 
     def emit(self, type: EventType, node_id: str | None, data: dict[str, Any]) -> None:
         self.seq += 1
@@ -107,6 +163,17 @@ class RunShared:
                 future.set_result(payload)
                 return
         self.signals.setdefault(name, deque()).append(payload)
+
+    async def finish_checkpoints(self) -> None:
+        """Write everything queued, then stop the writer."""
+        task = self._checkpoint_task
+        if task is None:
+            return
+        self._checkpoint_task = None
+        self._checkpoint_closing = True
+        assert self._checkpoint_wake is not None
+        self._checkpoint_wake.set()
+        await asyncio.shield(task)
 
 
 class RunHandle:
@@ -143,6 +210,11 @@ class RunHandle:
         self._on_error = shared.config.on_error
         self._max_errors = shared.config.max_errors
         self._first = shared.strategy.branching == "first"
+        self.is_root = depth == 0
+        #: set when break_on_error stopped the run at a failed node
+        self.breakpoint: RunError | None = None
+        self._delta: dict[str, NodeCheckpoint] = {}
+        self._since = 0
 
     # ----------------------------------------------------------------- running a graph
 
@@ -188,10 +260,39 @@ class RunHandle:
     def _pump(self) -> None:
         limit = self.shared.max_parallel
         tasks = self._tasks
-        while self._ready and len(tasks) < limit and not self._stopping:
-            index = self._ready.popleft()
+        ready = self._ready
+        restored = self.shared.restored if self.is_root else None
+        while ready and len(tasks) < limit and not self._stopping:
+            index = ready.popleft()
+            if restored:
+                saved = restored.pop(self.records[index].node_id, None)
+                if saved is not None:
+                    self._restore(index, saved)
+                    continue
             self._start(index, index)
         self._maybe_finish()
+
+    def _restore(self, index: int, saved: NodeCheckpoint) -> None:
+        """Complete a node from a checkpoint without running it again."""
+        record = self.records[index]
+        record.attempts = saved.attempts
+        record.metadata = {"restored": True}
+        if saved.status == NodeStatus.SUCCEEDED.value:
+            record.status = NodeStatus.SUCCEEDED
+            record.output = saved.output
+            self.scope.nodes[record.node_id] = saved.output
+            self.context.node_outputs[record.node_id] = saved.output
+            self._release(index, True)
+        else:
+            record.status = NodeStatus.FAILED
+            record.error = saved.error
+            record.error_kind = saved.error_kind
+            self.errors.append(
+                RunError(
+                    saved.error or "node failed", saved.error_kind or "execution", record.node_id
+                )
+            )
+            self._release(index, False)
 
     def _start(self, index: int, runner: int) -> None:
         """Run node ``runner``'s code for node ``index`` (they differ for a fallback)."""
@@ -223,8 +324,8 @@ class RunHandle:
     # -------------------------------------------------------------- executing a node
 
     async def _execute(self, cn: CompiledNode, record: NodeRun, for_index: int) -> NodeResult:
-        """Run one node to a NodeResult, with its timeout and retries. Never raises,
-        except CancelledError."""
+        """Run one node to a NodeResult: cache, breaker, timeout, retries, error hooks.
+        Never raises, except CancelledError."""
         shared = self.shared
         records = self.records
         parents = self.compiled.nodes[for_index].parents
@@ -237,50 +338,146 @@ class RunHandle:
         record.started_at = time.time()
         record.status = NodeStatus.RUNNING
         event_id = self.path + cn.id
+        if shared.debug:
+            shared.current[event_id] = record.started_at
+            shared.last_node = event_id
         if shared.sinks:
             shared.emit(EventType.NODE_STARTED, event_id, {"type": cn.spec.type})
         else:  # nobody listens: keep the sequence, skip building the payload
             shared.seq += 1
         try:
-            config = cn.config.render(self.scope)
-        except FlowcoreError as exc:
-            return _failure(exc)
-        ctx = NodeContext(cn.spec, config, node_input, self.scope, self)
-        if shared.hook_pre_node:
+            try:
+                config = cn.config.render(self.scope)
+            except FlowcoreError as exc:
+                return _failure(exc)
+            ctx = NodeContext(cn.spec, config, node_input, self.scope, self)
+            if shared.hook_pre_node:
+                assert shared.executor is not None
+                await shared.executor.pre_node_hook(cn.spec, ctx)
+            if shared.callbacks:
+                await _notify(shared.callbacks, "on_node_start", cn.spec, ctx)
+            key = self._cache_key(cn, config, node_input) if shared.cache is not None else None
+            if key is not None:
+                assert shared.cache is not None
+                hit = await shared.cache.get(key)
+                if hit is not None:
+                    record.attempts = 0
+                    result = NodeResult(output=hit.value, metadata={"cache_hit": True})
+                    await self._after(cn, result)
+                    return result
+            result = await self._attempts(cn, ctx, record, event_id, config)
+            if not result.success:
+                result = await self._handle_failure(cn, ctx, result)
+            elif key is not None:
+                assert shared.cache is not None
+                ttl = cn.spec.cache.ttl if cn.spec.cache and cn.spec.cache.ttl else None
+                await shared.cache.set(key, result.output, ttl or shared.config.cache_ttl)
+            await self._after(cn, result)
+            return result
+        finally:
+            if shared.debug:
+                shared.current.pop(event_id, None)
+
+    async def _after(self, cn: CompiledNode, result: NodeResult) -> None:
+        shared = self.shared
+        if shared.hook_post_node:
             assert shared.executor is not None
-            await shared.executor.pre_node_hook(cn.spec, ctx)
+            await shared.executor.post_node_hook(cn.spec, result)
+        if shared.callbacks:
+            await _notify(shared.callbacks, "on_node_end", cn.spec, result)
+
+    def _cache_key(self, cn: CompiledNode, config: Any, node_input: Any) -> str | None:
+        policy = cn.spec.cache
+        if policy is None and not self.shared.config.enable_cache:
+            return None
+        if not cn.node.cacheable:
+            return None
+        if policy is not None and policy.key is not None:
+            rendered = compile_template(policy.key)
+            text = rendered if isinstance(rendered, str) else rendered.render(self.scope)
+            return f"{cn.spec.type}:key:{text}"
+        return cache_key(cn.spec.type, config, node_input)
+
+    async def _attempts(
+        self, cn: CompiledNode, ctx: NodeContext, record: NodeRun, event_id: str, config: Any
+    ) -> NodeResult:
+        shared = self.shared
         timeout = cn.spec.timeout or shared.config.node_timeout
         policy = self._retry_policy(cn)
+        breaker = cn.spec.circuit_breaker or cn.node.default_circuit_breaker
+        breakers = shared.breakers if breaker is not None else None
+        breaker_key = ""
+        if breakers is not None:
+            assert breaker is not None
+            breaker_key = breaker.key or cn.node.breaker_key(config)
         attempt = 0
         while True:
             attempt += 1
             ctx.attempt = attempt
             record.attempts = attempt
-            result = await self._attempt(cn, ctx, timeout)
+            if breakers is not None:
+                assert breaker is not None
+                try:
+                    await breakers.acquire(breaker_key, breaker)
+                except CircuitOpenError as exc:
+                    result = _failure(exc)
+                else:
+                    result = await self._attempt(cn, ctx, timeout)
+                    await breakers.record(breaker_key, breaker, result.success)
+            else:
+                result = await self._attempt(cn, ctx, timeout)
             if result.success or policy is None:
-                break
+                return result
             retries = (
                 policy.max_retries if policy.max_retries is not None else shared.config.max_retries
             )
             if attempt > retries:
-                break
-            if (
-                policy.retry_on is not None
-                and (result.error_kind or "execution") not in policy.retry_on
-            ):
-                break
+                return result
+            kind = result.error_kind or "execution"
+            if policy.retry_on is not None:
+                if kind not in policy.retry_on:
+                    return result
+            elif kind == "circuit_open":
+                return result  # retrying into an open breaker only fails again
             delay = _backoff(policy, shared.config.retry_delay, attempt)
             shared.emit(
                 EventType.NODE_RETRY,
                 event_id,
-                {"attempt": attempt + 1, "delay": delay, "error": result.error},
+                {"attempt": attempt + 1, "delay": delay, "error": result.error, "kind": kind},
             )
             if delay > 0:
                 await shared.clock.sleep(delay)
-        if shared.hook_post_node:
-            assert shared.executor is not None
-            await shared.executor.post_node_hook(cn.spec, result)
-        return result
+
+    async def _handle_failure(
+        self, cn: CompiledNode, ctx: NodeContext, result: NodeResult
+    ) -> NodeResult:
+        """Give ``handle_error`` (subclass hook) and ``error_handler`` (config callback) a
+        chance to recover: a returned NodeResult (or value) replaces the failure."""
+        shared = self.shared
+        handler = shared.config.error_handler
+        if not shared.hook_handle_error and handler is None:
+            return result
+        error = result.exception or NodeExecutionError(result.error or "node failed")
+        recovered: Any = None
+        try:
+            if shared.hook_handle_error:
+                assert shared.executor is not None
+                recovered = await shared.executor.handle_error(error, cn.spec, ctx)
+            elif handler is not None:
+                recovered = handler(error, cn.spec, ctx)
+                if inspect.isawaitable(recovered):
+                    recovered = await recovered
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if exc is error:
+                return result
+            return _failure(exc)
+        if recovered is None:
+            return result
+        if isinstance(recovered, NodeResult):
+            return recovered
+        return NodeResult(output=recovered, metadata={"recovered": True})
 
     async def _attempt(
         self, cn: CompiledNode, ctx: NodeContext, timeout: float | None
@@ -338,13 +535,16 @@ class RunHandle:
             if result.variables:
                 self.scope.vars.update(result.variables)
             if shared.sinks:
-                shared.emit(
-                    EventType.NODE_COMPLETED,
-                    self.path + runner_record.node_id,
-                    {"output": result.output, "attempts": runner_record.attempts},
-                )
+                data: dict[str, Any] = {"output": result.output, "attempts": runner_record.attempts}
+                if result.metadata and result.metadata.get("cache_hit"):
+                    data["cached"] = True
+                shared.emit(EventType.NODE_COMPLETED, self.path + runner_record.node_id, data)
             else:
                 shared.seq += 1
+            if self.is_root and shared.checkpoints is not None:
+                self._note_checkpoint(
+                    cn.id, NodeCheckpoint("succeeded", result.output, None, None, record.attempts)
+                )
             self._release(index, True)
             return
         # failure
@@ -366,9 +566,19 @@ class RunHandle:
         record.error = error
         record.error_kind = kind
         run_error = RunError(error, kind, self.path + cn.id)
+        if shared.config.break_on_error and self.is_root:
+            # stop here, resumably: the failed node runs again when the run is resumed
+            self.breakpoint = run_error
+            shared.pending[cn.id] = {"kind": "break", "error": error, "error_kind": kind}
+            self._stop()
+            return
         on_error = cn.spec.on_error or self._on_error
         if on_error == "continue":
             self.errors.append(run_error)
+            if self.is_root and shared.checkpoints is not None:
+                self._note_checkpoint(
+                    cn.id, NodeCheckpoint("failed", None, error, kind, record.attempts)
+                )
             if self._max_errors is not None and len(self.errors) >= self._max_errors:
                 self._fail(
                     RunError(f"{len(self.errors)} node errors reached max_errors", "max_errors")
@@ -377,6 +587,42 @@ class RunHandle:
             self._release(index, False)
             return
         self._fail(run_error)
+
+    # -------------------------------------------------------------------- checkpoints
+
+    def _note_checkpoint(self, node_id: str, state: NodeCheckpoint) -> None:
+        self._delta[node_id] = state
+        self._since += 1
+        if self._since >= self.shared.config.checkpoint_interval:
+            self.checkpoint("running")
+
+    def checkpoint(self, status: str, error: RunError | None = None) -> None:
+        """Queue an incremental checkpoint of the root graph (no-op when disabled)."""
+        shared = self.shared
+        if shared.checkpoints is None or not self.is_root:
+            return
+        shared.checkpoint_sequence += 1
+        header = shared.checkpoint_header if shared.checkpoint_sequence == 1 else None
+        frontier = [self.records[i].node_id for i in self._ready]
+        frontier += [self.records[index].node_id for index, _ in self._tasks.values()]
+        record = CheckpointRecord(
+            run_id=shared.run_id,
+            sequence=shared.checkpoint_sequence,
+            created_at=shared.clock.now(),
+            event_seq=shared.seq,
+            status=status,
+            completed=self._delta,
+            variables=dict(self.scope.vars),
+            frontier=frontier,
+            pending={k: dict(v) for k, v in shared.pending.items()},
+            workflow_id=shared.workflow_id,
+            definition=header["definition"] if header else None,
+            input=header["input"] if header else None,
+            error=error.to_dict() if error else None,
+        )
+        self._delta = {}
+        self._since = 0
+        shared.queue_checkpoint(record)
 
     def _fail(self, error: RunError) -> None:
         if self.error is None:
@@ -469,6 +715,24 @@ class RunHandle:
     def emit(self, type: EventType, node_id: str, data: dict[str, Any]) -> None:
         self.shared.emit(type, node_id, data)
 
+    async def sleep(self, node_id: str, seconds: float) -> None:
+        shared = self.shared
+        if not self.is_root or shared.checkpoints is None:
+            await shared.clock.sleep(seconds)
+            return
+        now = shared.clock.now()
+        saved = shared.restored_pending.pop(node_id, None)
+        if saved is not None and saved.get("kind") == "delay":
+            wake_at = float(saved["wake_at"])  # resumed: sleep only what is left
+        else:
+            wake_at = now + seconds
+        shared.pending[node_id] = {"kind": "delay", "wake_at": wake_at}
+        self.checkpoint("running")
+        try:
+            await shared.clock.sleep(max(wake_at - now, 0.0))
+        finally:
+            shared.pending.pop(node_id, None)
+
     async def wait_for_signal(self, node_id: str, name: str, timeout: float | None) -> Any:
         shared = self.shared
         buffered = shared.signals.get(name)
@@ -479,9 +743,13 @@ class RunHandle:
         index = self.compiled.by_id[node_id]
         self.records[index].status = NodeStatus.WAITING
         shared.waiting += 1
+        if self.is_root:
+            shared.pending[node_id] = {"kind": "wait", "signal": name}
         if shared.waiting == 1:
             shared.status = RunStatus.WAITING
             shared.emit(EventType.RUN_WAITING, self.path + node_id, {"signal": name})
+        if self.is_root:
+            self.checkpoint("waiting")
         try:
             if timeout is None:
                 return await future
@@ -494,6 +762,7 @@ class RunHandle:
             if not future.done():
                 future.cancel()
             self.records[index].status = NodeStatus.RUNNING
+            shared.pending.pop(node_id, None)
             shared.waiting -= 1
             if shared.waiting == 0 and shared.status is RunStatus.WAITING:
                 shared.status = RunStatus.RUNNING
@@ -554,4 +823,14 @@ def _failure(exc: BaseException) -> NodeResult:
     message = str(exc) or type(exc).__name__
     if not isinstance(exc, FlowcoreError):
         message = f"{type(exc).__name__}: {message}"
-    return NodeResult(success=False, error=message, error_kind=kind)
+    return NodeResult(success=False, error=message, error_kind=kind, exception=exc)
+
+
+async def _notify(callbacks: list[Any], method: str, *args: Any) -> None:
+    """Call ``method`` on every callback object that has it (sync or async)."""
+    for callback in callbacks:
+        fn = getattr(callback, method, None)
+        if fn is not None:
+            outcome = fn(*args)
+            if inspect.isawaitable(outcome):
+                await outcome

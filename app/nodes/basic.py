@@ -68,6 +68,7 @@ class DelayNode(BaseNode):
 
     config_model = DelayConfig
     config: DelayConfig
+    cacheable = False
 
     def expressions(self) -> list[tuple[str, str]]:
         seconds = self.config.seconds
@@ -100,6 +101,7 @@ class FailNode(BaseNode):
 
     config_model = FailConfig
     config: FailConfig
+    cacheable = False
 
     async def execute(
         self, node_context: NodeContext, workflow_context: WorkflowContext

@@ -192,6 +192,7 @@ class WaitNode(BaseNode):
 
     config_model = WaitConfig
     config: WaitConfig
+    cacheable = False
 
     async def execute(
         self, node_context: NodeContext, workflow_context: WorkflowContext
