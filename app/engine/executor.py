@@ -374,12 +374,10 @@ class WorkflowExecutor:
             result.output = handle.output
             shared.emit(EventType.RUN_SUCCEEDED, None, {"output": handle.output})
             handle.checkpoint("succeeded")
-        for record in handle.records:
-            if (
-                record.status in (NodeStatus.PENDING, NodeStatus.QUEUED)
-                and handle.error is not None
-            ):
-                record.status = NodeStatus.CANCELLED
+        if result.status in (RunStatus.FAILED, RunStatus.CANCELLED):
+            for record in handle.records:
+                if record.status in (NodeStatus.PENDING, NodeStatus.QUEUED):
+                    record.status = NodeStatus.CANCELLED
         shared.status = result.status
         handle.context.status = result.status.value
         result.events = shared.seq

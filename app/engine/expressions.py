@@ -27,11 +27,11 @@ from cel_expr_python import cel
 from app.engine.errors import ExpressionCompileError, ExpressionEvaluationError
 
 _POSITION = re.compile(r"<input>:(\d+):(\d+):\s*(.*)")
+# `nodes.<id>` or `nodes["<id>"]`, but not a method call on the map (`nodes.size()`)
 _NODE_REF = re.compile(
-    r"""\bnodes\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*(?:"([^"]+)"|'([^']+)')\s*\])"""
+    r"""\bnodes\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)\b(?!\s*\()|\[\s*(?:"([^"]+)"|'([^']+)')\s*\])"""
 )
 _NODES_WORD = re.compile(r"\bnodes\b")
-_TEMPLATE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 
 SCOPE_NAMES = frozenset({"input", "vars", "nodes", "run", "item", "index", "iteration", "last"})
 
@@ -181,22 +181,74 @@ def _to_text(value: Any) -> str:
     return str(value)
 
 
+def _template_spans(text: str) -> list[tuple[int, int, str]]:
+    """``(start, end, source)`` of every ``{{ expr }}`` in ``text``.
+
+    A template ends at the first ``}}`` outside a string literal and outside braces
+    opened inside it, so ``{{ {'a': {'b': 1}} }}`` and ``{{ 'a}}b' }}`` are one template
+    each. An unterminated ``{{`` is left as text.
+    """
+    spans: list[tuple[int, int, str]] = []
+    pos = 0
+    while True:
+        start = text.find("{{", pos)
+        if start < 0:
+            return spans
+        end = _template_end(text, start + 2)
+        if end < 0:
+            return spans
+        spans.append((start, end + 2, text[start + 2 : end].strip()))
+        pos = end + 2
+
+
+def _template_end(text: str, i: int) -> int:
+    """Index of the ``}}`` closing a template whose body starts at ``i``, or -1."""
+    depth = 0
+    quote: str | None = None
+    while i < len(text):
+        char = text[i]
+        if quote is not None:
+            if char == "\\":
+                i += 2
+                continue
+            if text.startswith(quote, i):
+                i += len(quote)
+                quote = None
+                continue
+        elif char in "'\"":
+            triple = text[i : i + 3]
+            quote = triple if triple in ("'''", '"""') else char
+            i += len(quote)
+            continue
+        elif char == "{":
+            depth += 1
+        elif char == "}":
+            if depth == 0 and text.startswith("}}", i):
+                return i
+            depth -= 1
+        i += 1
+    return -1
+
+
 def template_expressions(text: str) -> list[str]:
     """The expression sources inside ``{{ }}`` in ``text`` (for validation)."""
-    return [m.group(1).strip() for m in _TEMPLATE.finditer(text)]
+    return [source for _, _, source in _template_spans(text)]
 
 
 def compile_template(text: str) -> Template | str:
-    """Compile ``text``; a string with no ``{{`` is returned unchanged."""
+    """Compile ``text``; a string with no ``{{ }}`` is returned unchanged."""
     if "{{" not in text:
+        return text
+    spans = _template_spans(text)
+    if not spans:
         return text
     parts: list[str | Expression] = []
     pos = 0
-    for match in _TEMPLATE.finditer(text):
-        if match.start() > pos:
-            parts.append(text[pos : match.start()])
-        parts.append(compile_expression(match.group(1).strip()))
-        pos = match.end()
+    for start, end, source in spans:
+        if start > pos:
+            parts.append(text[pos:start])
+        parts.append(compile_expression(source))
+        pos = end
     if pos < len(text):
         parts.append(text[pos:])
     return Template(tuple(parts))

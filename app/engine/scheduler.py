@@ -557,9 +557,11 @@ class RunHandle:
             self.path + runner_record.node_id,
             {"error": error, "kind": kind, "attempts": runner_record.attempts},
         )
-        if runner == index and cn.fallback is not None and not self._stopping:
-            # the fallback's output stands in for this node's downstream
-            self._start(index, cn.fallback)
+        next_fallback = self.compiled.nodes[runner].fallback
+        if next_fallback is not None and next_fallback != index and not self._stopping:
+            # the fallback's output stands in for this node's downstream; a failing
+            # fallback hands over to its own fallback (validation rules out loops)
+            self._start(index, next_fallback)
             return
         record.status = NodeStatus.FAILED
         record.finished_at = now

@@ -158,21 +158,25 @@ class _Checker:
                         issue.message, field=prefix + (issue.field or ""), code="schema"
                     )
                 )
-        nodes = self._nodes(nodes_raw, prefix)
-        edges = self._edges(edges_raw, prefix)
-        if nodes is None or edges is None:
-            # graph checks on a partial graph would only echo the problems found here
-            ok = False
-            nodes, edges = nodes or [], edges or []
-        self.node_count += len(nodes)
-        self.edge_count += len(edges)
         if depth == 0:
             self._config(raw.get("config"))
+        parsed_nodes = self._nodes(nodes_raw, prefix)
+        parsed_edges = self._edges(edges_raw, prefix)
+        if parsed_nodes is None or parsed_edges is None:
+            # not a list, or over a limit: checking further would only echo this
+            return None
+        nodes, node_ids, nodes_ok = parsed_nodes
+        edges, edges_ok = parsed_edges
+        ok = ok and nodes_ok and edges_ok
+        self.node_count += len(node_ids)
+        self.edge_count += len(edges_raw)
         if self.node_count > self.limits.max_nodes:
             self._limit_once("node count", self.node_count, "max_nodes", self.limits.max_nodes)
         if self.edge_count > self.limits.max_edges:
             self._limit_once("edge count", self.edge_count, "max_edges", self.limits.max_edges)
-        if ok and not self._graph(nodes, edges, prefix):
+        # graph checks run on what parsed; ids of nodes that failed their schema still
+        # count as known, so their edges are not reported a second time
+        if not self._graph(nodes, edges, prefix, node_ids):
             ok = False
         if nodes and not self._node_types(nodes, prefix, depth):
             ok = False
@@ -190,7 +194,9 @@ class _Checker:
         if not any(i.code == "limit" and knob in i.message for i in self.issues):
             self.add(message, "limit")
 
-    def _nodes(self, raw: Any, prefix: str) -> list[NodeSpec] | None:
+    def _nodes(self, raw: Any, prefix: str) -> tuple[list[NodeSpec], list[str], bool] | None:
+        """The nodes that parse, every node id given (for graph checks), and whether all
+        parsed; None when the list itself is unusable."""
         if not isinstance(raw, list):
             self.add("must be a list of nodes", "schema", field=prefix + "nodes")
             return None
@@ -198,22 +204,22 @@ class _Checker:
             self._limit_once("node count", len(raw), "max_nodes", self.limits.max_nodes)
             return None
         nodes: list[NodeSpec] = []
+        ids: list[str] = []
         ok = True
         for index, item in enumerate(raw):
-            label: str = (
-                item["id"]
-                if isinstance(item, dict) and isinstance(item.get("id"), str)
-                else f"#{index}"
-            )
+            has_id = isinstance(item, dict) and isinstance(item.get("id"), str)
+            label: str = item["id"] if has_id else f"#{index}"
+            if has_id:
+                ids.append(label)
             try:
                 nodes.append(NodeSpec.model_validate(item))
             except ValidationError as exc:
                 ok = False
                 for issue in _issues_from(exc):
                     self.add(issue.message, "schema", node=prefix + label, field=issue.field)
-        return nodes if ok else None
+        return nodes, ids, ok
 
-    def _edges(self, raw: Any, prefix: str) -> list[EdgeSpec] | None:
+    def _edges(self, raw: Any, prefix: str) -> tuple[list[EdgeSpec], bool] | None:
         if not isinstance(raw, list):
             self.add("must be a list of edges", "schema", field=prefix + "edges")
             return None
@@ -234,7 +240,7 @@ class _Checker:
                 )
                 for issue in _issues_from(exc):
                     self.add(issue.message, "schema", edge=prefix + label, field=issue.field)
-        return edges if ok else None
+        return edges, ok
 
     def _config(self, raw: Any) -> None:
         if raw is None:
@@ -292,14 +298,16 @@ class _Checker:
 
     # -- graph structure
 
-    def _graph(self, nodes: list[NodeSpec], edges: list[EdgeSpec], prefix: str) -> bool:
+    def _graph(
+        self, nodes: list[NodeSpec], edges: list[EdgeSpec], prefix: str, node_ids: list[str]
+    ) -> bool:
         ok = True
         ids: set[str] = set()
-        for spec in nodes:
-            if spec.id in ids:
-                self.add("duplicate node id", "duplicate_id", node=prefix + spec.id, field="id")
+        for node_id in node_ids:
+            if node_id in ids:
+                self.add("duplicate node id", "duplicate_id", node=prefix + node_id, field="id")
                 ok = False
-            ids.add(spec.id)
+            ids.add(node_id)
         seen_edges: set[tuple[str, str]] = set()
         good: list[EdgeSpec] = []
         for edge in edges:
@@ -323,8 +331,7 @@ class _Checker:
             if not bad:
                 good.append(edge)
         ok = ok and len(good) == len(edges)
-        cycle = _find_cycle([s.id for s in nodes], good)
-        if cycle:
+        for cycle in _find_cycles(sorted(ids), good):
             path = " -> ".join(prefix + n for n in cycle)
             self.add(f"the graph has a cycle: {path}", "cycle", node=prefix + cycle[0])
             ok = False
@@ -402,37 +409,75 @@ class _Checker:
         return ok
 
 
-def _find_cycle(ids: list[str], edges: list[EdgeSpec]) -> list[str] | None:
-    """A cycle as a closed path [a, b, ..., a], or None. Kahn's algorithm, then a walk."""
+def _find_cycles(ids: list[str], edges: list[EdgeSpec]) -> list[list[str]]:
+    """One closed path [a, b, ..., a] per strongly connected component that has a cycle
+    (so disjoint cycles are each reported). Tarjan's algorithm, iteratively."""
     children: dict[str, list[str]] = {i: [] for i in ids}
-    indegree = dict.fromkeys(ids, 0)
     for edge in edges:
         children[edge.source].append(edge.target)
-        indegree[edge.target] += 1
-    queue = deque(i for i in ids if indegree[i] == 0)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    on_stack: set[str] = set()
+    stack: list[str] = []
+    components: list[list[str]] = []
+    counter = 0
+    for root in ids:
+        if root in index:
+            continue
+        work: list[tuple[str, int]] = [(root, 0)]
+        while work:
+            node, child_pos = work.pop()
+            if child_pos == 0:
+                index[node] = low[node] = counter
+                counter += 1
+                stack.append(node)
+                on_stack.add(node)
+            kids = children[node]
+            if child_pos < len(kids):
+                work.append((node, child_pos + 1))
+                child = kids[child_pos]
+                if child not in index:
+                    work.append((child, 0))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1 or node in children[node]:
+                    components.append(component)
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+    return [_cycle_in(sorted(c), children) for c in sorted(components, key=min)]
+
+
+def _cycle_in(component: list[str], children: dict[str, list[str]]) -> list[str]:
+    """A closed path inside one strongly connected component, from its smallest id."""
+    members = set(component)
+    start = component[0]
+    if start in children[start]:
+        return [start, start]
+    # breadth-first search from start back to start, within the component
+    previous: dict[str, str] = {}
+    queue = deque([start])
     while queue:
-        current = queue.popleft()
-        for child in children[current]:
-            indegree[child] -= 1
-            if indegree[child] == 0:
+        node = queue.popleft()
+        for child in children[node]:
+            if child not in members:
+                continue
+            if child == start:
+                path = [node]
+                while path[-1] != start:
+                    path.append(previous[path[-1]])
+                path.reverse()
+                return [*path, start]
+            if child not in previous:
+                previous[child] = node
                 queue.append(child)
-    remaining = {i for i, d in indegree.items() if d > 0}
-    if not remaining:
-        return None
-    # Every remaining node has a remaining parent: walk parents until one repeats.
-    parents: dict[str, str] = {}
-    for edge in edges:
-        if edge.source in remaining and edge.target in remaining:
-            parents.setdefault(edge.target, edge.source)
-    start = min(remaining)
-    walk = [start]
-    position = {start: 0}
-    current = start
-    while True:
-        current = parents[current]
-        if current in position:
-            cycle = walk[position[current] :]
-            cycle.reverse()
-            return [*cycle, cycle[0]]
-        position[current] = len(walk)
-        walk.append(current)
+    return [start, start]  # unreachable for a real component

@@ -83,12 +83,13 @@ class MapNode(BaseNode):
                 output = await node_context.run_body(body, extra, extra, label=str(index))
                 results[index] = output[self._single] if self._single is not None else output
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(limit, len(items)))]
         try:
-            await asyncio.gather(*workers)
-        finally:
-            for task in workers:
-                task.cancel()
+            # a TaskGroup cancels the other workers when one fails, and waits for them
+            async with asyncio.TaskGroup() as group:
+                for _ in range(min(limit, len(items))):
+                    group.create_task(worker())
+        except BaseExceptionGroup as group_error:
+            raise group_error.exceptions[0] from None
         return NodeResult(output=results)
 
 
