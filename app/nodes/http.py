@@ -1,1 +1,772 @@
-"""The ``http`` node type (placeholder until its module lands)."""
+"""The ``http`` node type: one HTTP request through a pooled client shared by every
+``http`` node, behind a guard against server-side request forgery (SSRF).
+
+Config: ``method`` (GET), ``url``, ``headers``, ``query``, ``json`` or ``body``,
+``timeout`` (seconds for the whole exchange, redirects included; 30), ``expect_status``
+(an int or a list; default any 2xx), ``response`` (``json``/``text``; default: JSON when
+the content type says so), and ``allow_hosts``, ``follow_redirects``,
+``max_response_bytes``, ``idempotency_header``.
+Output: ``{"status": int, "headers": {name: value}, "body": parsed JSON or text}``.
+
+Errors (error kind in brackets)::
+
+    NodeError
+    ├── NodeConfigError [config]          the config, once templates are resolved, is invalid
+    ├── NodeTimeoutError [timeout]        no complete response within ``timeout`` seconds
+    └── NodeExecutionError [execution]    cannot resolve or connect, a malformed or too
+        │                                 large response, too many redirects
+        ├── HttpStatusError [execution]   the status is not the expected one
+        └── ForbiddenTargetError [forbidden_target]   the SSRF guard refused the target
+
+The SSRF guard: only ``http``/``https`` URLs; before the request and before every
+redirect hop (redirects are followed here, never by httpx) the host is resolved and the
+target is refused if *any* of its addresses is not public (see ``forbidden_reason``).
+``allow_hosts`` admits a target whose host name is listed exactly, or each of whose
+non-public addresses lies in a listed network. ``allow_hosts`` takes no templates, so
+run input can never widen it.
+
+DNS rebinding (a name that resolves to a public address when checked and to a private
+one when connected): a plain-``http`` request is sent to the very address that was
+checked (the URL's host is replaced by that IP and the ``Host`` header keeps the name),
+so a second lookup never happens. An ``https`` request connects by name, because TLS
+must verify the certificate against the name and the shared pool must key connections
+by it; a rebound name then reaches an address that cannot present a valid certificate
+for it, so the handshake fails before any request is sent. What remains possible is a
+TCP connection plus a TLS ClientHello to the rebound address (a port probe, no request).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+from http.cookiejar import CookieJar, DefaultCookiePolicy
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address, ip_network
+from typing import Any
+
+import httpx
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+
+from app.engine import (
+    BaseNode,
+    NodeConfigError,
+    NodeContext,
+    NodeExecutionError,
+    NodeRegistry,
+    NodeResult,
+    NodeTimeoutError,
+    WorkflowContext,
+)
+
+__all__ = [
+    "ForbiddenTargetError",
+    "HttpConfig",
+    "HttpNode",
+    "HttpStatusError",
+    "TargetPolicy",
+    "aclose_http_client",
+    "forbidden_reason",
+    "resolve_host",
+    "shared_http_client",
+]
+
+IPAddress = IPv4Address | IPv6Address
+IPNetwork = IPv4Network | IPv6Network
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 5
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+USER_AGENT = "flowcore-http/0.1"
+
+# Headers that may carry credentials: never forwarded to another origin on a redirect.
+_CREDENTIAL_HEADERS = ("authorization", "proxy-authorization", "cookie", "host")
+_BODY_HEADERS = ("content-type", "content-length", "transfer-encoding")
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*$")
+_RESOLVED = {"resolved": True}
+
+
+class ForbiddenTargetError(NodeExecutionError):
+    """The SSRF guard refused the URL: a non-HTTP scheme, or a host with an address that
+    is not public and not admitted by ``allow_hosts``."""
+
+    kind = "forbidden_target"
+
+
+class HttpStatusError(NodeExecutionError):
+    """The response status is not the expected one; ``status`` holds it."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+# ------------------------------------------------------------------------- addresses
+
+_THIS_NETWORK = IPv4Network("0.0.0.0/8")
+_SHARED_ADDRESS_SPACE = IPv4Network("100.64.0.0/10")  # carrier-grade NAT; not is_private
+_NAT64 = IPv6Network("64:ff9b::/96")  # the well-known NAT64 prefix, last 32 bits are IPv4
+_UNIQUE_LOCAL = IPv6Network("fc00::/7")
+
+
+def _ipv4_reason(ip: IPv4Address) -> str | None:
+    # The most specific reason first: several of these ranges overlap is_private.
+    if ip in _THIS_NETWORK:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_multicast:  # is_global is True for most of 224.0.0.0/4
+        return "multicast"
+    if ip in _SHARED_ADDRESS_SPACE:
+        return "shared address space"
+    if ip.is_reserved:
+        return "reserved"
+    if ip.is_private:
+        return "private"
+    if not ip.is_global:
+        return "non-global"
+    return None
+
+
+def _ipv6_reason(ip: IPv6Address) -> str | None:
+    if ip.is_unspecified:
+        return "unspecified"
+    if ip.is_loopback:
+        return "loopback"
+    if ip.is_link_local:
+        return "link-local"
+    if ip.is_site_local:
+        return "site-local"
+    if ip.is_multicast:  # ff0e::/16 (global scope) is is_global, but never a web server
+        return "multicast"
+    if ip in _UNIQUE_LOCAL:
+        return "unique-local"
+    if ip.is_reserved:  # includes ::/8, so IPv4-compatible ::a.b.c.d as well
+        return "reserved"
+    if not ip.is_global:
+        return "non-global"
+    return None
+
+
+def _embedded_ipv4(ip: IPv6Address) -> tuple[str, IPv4Address] | None:
+    """The IPv4 address an IPv6 address stands for, when connecting to it reaches that
+    IPv4 host (IPv4-mapped, NAT64), with the mechanism's name."""
+    if ip.ipv4_mapped is not None:
+        return "IPv4-mapped", ip.ipv4_mapped
+    if ip in _NAT64:
+        return "NAT64", IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return None
+
+
+def forbidden_reason(address: str | IPAddress) -> str | None:
+    """Why ``address`` is not a public target (e.g. ``"loopback"``), or ``None`` if it is.
+
+    ``ipaddress``'s ``is_global`` alone is not enough: it calls multicast and some
+    reserved IPv6 ranges global, and it judges ``::ffff:127.0.0.1`` by its IPv6 form,
+    so IPv4 addresses embedded in IPv6 ones are judged as the IPv4 address they reach.
+    """
+    ip = ip_address(address) if isinstance(address, str) else address
+    if isinstance(ip, IPv4Address):
+        return _ipv4_reason(ip)
+    embedded = _embedded_ipv4(ip)
+    if embedded is not None:
+        mechanism, v4 = embedded
+        reason = _ipv4_reason(v4)
+        return None if reason is None else f"{reason} ({mechanism} {v4})"
+    if ip.sixtofour is not None:  # 2002::/16 is global, but a private embedded v4 is not
+        reason = _ipv4_reason(ip.sixtofour)
+        if reason is not None:
+            return f"{reason} (6to4 {ip.sixtofour})"
+    if ip.teredo is not None:
+        return "Teredo tunnel"
+    return _ipv6_reason(ip)
+
+
+def _normalize_host(host: str) -> str:
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host
+
+
+def _parse_allow_entry(entry: str) -> str | IPNetwork:
+    text = _normalize_host(entry)
+    try:
+        return ip_network(text, strict=False)
+    except ValueError:
+        pass
+    if not _HOSTNAME.match(text):
+        raise ValueError(f"{entry!r} is neither a host name nor an IP address or network")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPolicy:
+    """The non-public targets one node may reach: its ``allow_hosts``."""
+
+    hosts: frozenset[str] = frozenset()
+    networks: tuple[IPNetwork, ...] = ()
+
+    @classmethod
+    def from_entries(cls, entries: Iterable[str]) -> TargetPolicy:
+        """Parse ``allow_hosts`` entries: host names, IP addresses, CIDR networks."""
+        hosts: set[str] = set()
+        networks: list[IPNetwork] = []
+        for entry in entries:
+            parsed = _parse_allow_entry(entry)
+            if isinstance(parsed, str):
+                hosts.add(parsed)
+            else:
+                networks.append(parsed)
+        return cls(frozenset(hosts), tuple(networks))
+
+    def admits_host(self, host: str) -> bool:
+        return _normalize_host(host) in self.hosts
+
+    def admits_address(self, ip: IPAddress) -> bool:
+        candidates: list[IPAddress] = [ip]
+        if isinstance(ip, IPv6Address):
+            embedded = _embedded_ipv4(ip)
+            if embedded is not None:
+                candidates.append(embedded[1])
+        return any(candidate in network for candidate in candidates for network in self.networks)
+
+
+async def resolve_host(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to, in resolver order, without duplicates."""
+    loop = asyncio.get_running_loop()
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise NodeExecutionError(f"cannot resolve host {host!r}: {exc.strerror or exc}") from exc
+    addresses: list[IPAddress] = []
+    for _, _, _, _, sockaddr in infos:
+        try:
+            ip = ip_address(sockaddr[0])
+        except ValueError:  # not an IP family; nothing the client could connect to
+            continue
+        if ip not in addresses:
+            addresses.append(ip)
+    if not addresses:
+        raise NodeExecutionError(f"host {host!r} has no IP address")
+    return addresses
+
+
+async def vet_target(url: httpx.URL, policy: TargetPolicy) -> list[IPAddress]:
+    """Resolve ``url``'s host and return its addresses if the SSRF guard admits it;
+    raise :class:`ForbiddenTargetError` otherwise."""
+    if url.scheme not in ("http", "https"):
+        raise ForbiddenTargetError(f"refusing {_redact(url)}: only http and https URLs are allowed")
+    # raw_host is the IDNA (ASCII) form the resolver needs; IPv6 comes without brackets
+    host = _normalize_host(url.raw_host.decode("ascii"))
+    if not host:
+        raise ForbiddenTargetError(f"refusing {_redact(url)}: the URL has no host")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    addresses = await resolve_host(host, port)
+    if policy.admits_host(host):
+        return addresses
+    for ip in addresses:
+        reason = forbidden_reason(ip)
+        if reason is not None and not policy.admits_address(ip):
+            where = f"{host} is" if host == str(ip) else f"{host} resolves to {ip},"
+            article = "an" if reason[0] in "aeiou" else "a"
+            raise ForbiddenTargetError(
+                f"refusing {_redact(url)}: {where} {article} {reason} address; "
+                "list the host or its network in allow_hosts to allow it"
+            )
+    return addresses
+
+
+def _redact(url: httpx.URL) -> str:
+    """The URL for messages: user info and query string may carry secrets."""
+    query = "?…" if url.query else ""
+    return f"{url.scheme}://{url.netloc.decode('ascii')}{url.path}{query}"
+
+
+# ----------------------------------------------------------------- the shared client
+
+# One client per event loop: a client's connections belong to the loop that opened
+# them, and tests (and some embedders) run several loops in one process.
+_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+
+def shared_http_client(pool_size: int) -> httpx.AsyncClient:
+    """The running loop's pooled client, created on first use with ``pool_size``
+    connections (later sizes are ignored: the pool is process-wide, like the knob)."""
+    loop = asyncio.get_running_loop()
+    client = _clients.get(loop)
+    if client is None or client.is_closed:
+        for stale in [other for other in _clients if other.is_closed()]:
+            del _clients[stale]
+        client = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=pool_size,
+                # idle connections expire after 5 s anyway, so keeping as many as the
+                # pool holds costs little and saves reconnects under bursty load
+                max_keepalive_connections=pool_size,
+            ),
+            timeout=DEFAULT_TIMEOUT,
+            follow_redirects=False,  # redirects are followed by HttpNode, hop by hop
+            trust_env=False,  # no proxies or .netrc from the environment: see the guard
+            # one client serves every run of every tenant: a cookie stored from one
+            # response must never be sent with another run's request
+            cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            headers={"User-Agent": USER_AGENT},
+        )
+        _clients[loop] = client
+    return client
+
+
+async def aclose_http_client() -> None:
+    """Close the running loop's shared client (at shutdown; a new one is made on use)."""
+    client = _clients.pop(asyncio.get_running_loop(), None)
+    if client is not None:
+        await client.aclose()
+
+
+def _http_pool_size(node_context: NodeContext) -> int:
+    # NodeContext has no public accessor for the run's ExecutionConfig yet (one,
+    # ``node_context.execution_config``, is coming); read it through the run handle.
+    return node_context._handle.shared.config.http_pool_size
+
+
+# ---------------------------------------------------------------------------- config
+
+Scalar = str | int | float | bool | None
+
+
+def _is_template(value: object, info: ValidationInfo) -> bool:
+    """At definition time a ``{{ }}`` string stands for a value known only when the
+    node runs; the config is validated again, resolved, before each request."""
+    resolved = bool(info.context and info.context.get("resolved"))
+    return not resolved and isinstance(value, str) and "{{" in value
+
+
+def _check_url(url: str) -> None:
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ValueError(f"invalid URL: {exc}") from None
+    if parsed.scheme not in ("http", "https"):
+        raise ValueError(f"only http and https URLs are allowed, not {parsed.scheme!r}")
+    if not parsed.host:
+        raise ValueError("the URL has no host")
+
+
+class HttpConfig(BaseModel):
+    """The ``http`` node's config. Any string field may hold ``{{ expr }}`` templates,
+    except ``allow_hosts``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: str = Field("GET", description="GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS.")
+    url: str = Field(description="An http or https URL.")
+    headers: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    query: dict[str, Scalar | list[Scalar]] = Field(
+        default_factory=dict, description="Query parameters, merged into the URL's own."
+    )
+    # aliased: a field named `json` would shadow BaseModel.json
+    json_body: Any = Field(None, alias="json", description="A JSON request body (null: no body).")
+    body: str | None = Field(None, description="A text request body (not with `json`).")
+    timeout: float | str = Field(
+        DEFAULT_TIMEOUT, description="Seconds for the whole exchange, redirects included."
+    )
+    expect_status: int | list[int] | str | None = Field(
+        None, description="The status(es) that mean success (default: any 2xx)."
+    )
+    response: str | None = Field(
+        None, description="json | text (default: json if the content type is JSON)."
+    )
+    allow_hosts: list[str] = Field(
+        default_factory=list,
+        description="Host names and IP networks that may be reached although not public.",
+    )
+    follow_redirects: bool = Field(True, description=f"Follow up to {MAX_REDIRECTS} redirects.")
+    max_response_bytes: int = Field(DEFAULT_MAX_RESPONSE_BYTES, ge=1)
+    idempotency_header: str | None = Field(
+        "Idempotency-Key",
+        description="Header carrying the run's idempotency key on POST and PATCH (null: none).",
+    )
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, value: str, info: ValidationInfo) -> str:
+        if _is_template(value, info):
+            return value
+        method = value.strip().upper()
+        if method not in METHODS:
+            raise ValueError(f"unknown HTTP method {value!r}; use one of {sorted(METHODS)}")
+        return method
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        if _is_template(value, info):
+            # a literal scheme before the first template can still be checked now
+            prefix = value.split("{{", 1)[0]
+            if "://" in prefix:
+                scheme = prefix.split("://", 1)[0].lower()
+                if scheme not in ("http", "https"):
+                    raise ValueError(f"only http and https URLs are allowed, not {scheme!r}")
+            return value
+        if info.context and info.context.get("resolved"):
+            # only its syntax: the scheme and host of a resolved URL are the SSRF
+            # guard's to judge, so a refused target reads as one (forbidden_target)
+            try:
+                httpx.URL(value)
+            except httpx.InvalidURL as exc:
+                raise ValueError(f"invalid URL: {exc}") from None
+            return value
+        _check_url(value)
+        return value
+
+    @field_validator("headers", "idempotency_header")
+    @classmethod
+    def _header_names(cls, value: Any) -> Any:
+        names = value if isinstance(value, dict) else [] if value is None else [value]
+        for name in names:
+            if not _TOKEN.match(name):
+                raise ValueError(f"invalid header name {name!r}")
+        return value
+
+    @field_validator("body")
+    @classmethod
+    def _one_body(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("json_body") is not None:
+            raise ValueError("give either `json` or `body`, not both")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout(cls, value: float | str, info: ValidationInfo) -> float | str:
+        if isinstance(value, str):
+            if _is_template(value, info):
+                return value
+            raise ValueError("must be a number of seconds")
+        if not 0 < value < float("inf"):
+            raise ValueError("must be a positive number of seconds")
+        return value
+
+    @field_validator("expect_status")
+    @classmethod
+    def _expect_status(
+        cls, value: int | list[int] | str | None, info: ValidationInfo
+    ) -> int | list[int] | str | None:
+        if isinstance(value, str):
+            if _is_template(value, info):
+                return value
+            raise ValueError("must be a status code or a list of status codes")
+        codes = [value] if isinstance(value, int) else value or []
+        if isinstance(value, list) and not value:
+            raise ValueError("must not be an empty list")
+        for code in codes:
+            if not 100 <= code <= 599:
+                raise ValueError(f"{code} is not an HTTP status code")
+        return value
+
+    @field_validator("response")
+    @classmethod
+    def _response(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is None or _is_template(value, info):
+            return value
+        if value not in ("json", "text"):
+            raise ValueError(f"must be 'json' or 'text', not {value!r}")
+        return value
+
+    @field_validator("allow_hosts")
+    @classmethod
+    def _allow_hosts(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if "{{" in entry:
+                raise ValueError(
+                    "allow_hosts is policy and takes no templates, so run input cannot widen it"
+                )
+            _parse_allow_entry(entry)
+        return value
+
+
+# -------------------------------------------------------------------------- exchange
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    method: str
+    url: httpx.URL
+    headers: httpx.Headers
+    content: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """One execution's resolved, type-checked config."""
+
+    request: _Request
+    timeout: float
+    expect: frozenset[int] | None
+    response: str | None
+    follow_redirects: bool
+    max_response_bytes: int
+
+
+def _header_text(value: str | int | float | bool) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _plan(raw: Any, idempotency_key: str) -> _Plan:
+    try:
+        cfg = HttpConfig.model_validate(raw, context=_RESOLVED)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'config'}: {err['msg']}"
+            for err in exc.errors(include_url=False)
+        )
+        raise NodeConfigError(f"invalid config once resolved: {problems}") from None
+    # In resolved mode the validators reject strings for these fields.
+    if isinstance(cfg.timeout, str) or isinstance(cfg.expect_status, str):
+        raise NodeConfigError("timeout and expect_status must resolve to numbers")
+    url = httpx.URL(cfg.url)
+    if cfg.query:
+        url = url.copy_merge_params(cfg.query)
+    headers = httpx.Headers({name: _header_text(v) for name, v in cfg.headers.items()})
+    content: bytes | None = None
+    if cfg.json_body is not None:
+        try:
+            text = json.dumps(
+                cfg.json_body, ensure_ascii=False, separators=(",", ":"), allow_nan=False
+            )
+        except (TypeError, ValueError) as exc:
+            raise NodeConfigError(f"json: not serializable as JSON: {exc}") from None
+        content = text.encode()
+        headers.setdefault("Content-Type", "application/json")
+    elif cfg.body is not None:
+        content = cfg.body.encode()
+        headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+    idem = cfg.idempotency_header
+    if idem and cfg.method in ("POST", "PATCH") and idem not in headers:
+        # stable across retries and resumes, so a well-behaved server applies it once
+        headers[idem] = idempotency_key
+    expect = cfg.expect_status
+    return _Plan(
+        request=_Request(cfg.method, url, headers, content),
+        timeout=cfg.timeout,
+        expect=None
+        if expect is None
+        else frozenset([expect] if isinstance(expect, int) else expect),
+        response=cfg.response,
+        follow_redirects=cfg.follow_redirects,
+        max_response_bytes=cfg.max_response_bytes,
+    )
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return url.scheme, _normalize_host(url.host), url.port
+
+
+def _next_hop(request: _Request, response: httpx.Response) -> _Request | None:
+    """The request a redirect response asks for, or None if it is not a redirect."""
+    location = response.headers.get("location")
+    if response.status_code not in REDIRECT_STATUSES or location is None:
+        return None
+    try:
+        url = request.url.join(location)
+    except httpx.InvalidURL as exc:
+        raise NodeExecutionError(f"invalid redirect location {location!r}: {exc}") from None
+    method, content = request.method, request.content
+    headers = request.headers.copy()
+    status = response.status_code
+    # the same method rewriting as browsers and httpx
+    if (status in (302, 303) and method != "HEAD") or (status == 301 and method == "POST"):
+        method, content = "GET", None
+        for name in _BODY_HEADERS:
+            headers.pop(name, None)
+    if _origin(url) != _origin(request.url):
+        for name in _CREDENTIAL_HEADERS:
+            headers.pop(name, None)
+    return _Request(method, url, headers, content)
+
+
+def _expected(expect: frozenset[int] | None) -> str:
+    if expect is None:
+        return "2xx"
+    return " or ".join(str(code) for code in sorted(expect))
+
+
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == "application/json" or media.endswith("+json")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+class _Exchange:
+    """One execution's request, its redirect hops and the final response."""
+
+    def __init__(self, client: httpx.AsyncClient, policy: TargetPolicy, plan: _Plan) -> None:
+        self.client = client
+        self.policy = policy
+        self.plan = plan
+        #: the hop in flight, for error messages
+        self.current = plan.request
+        self.redirects = 0
+
+    def _describe(self) -> str:
+        return f"{self.current.method} {_redact(self.current.url)}"
+
+    async def run(self) -> NodeResult:
+        timeout = self.plan.timeout
+        try:
+            # httpx's timeout bounds each phase; this bounds the whole exchange
+            async with asyncio.timeout(timeout):
+                return await self._follow()
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise NodeTimeoutError(
+                f"{self._describe()}: no complete response within {timeout:g}s"
+            ) from exc
+        except httpx.ConnectError as exc:
+            raise NodeExecutionError(f"{self._describe()}: cannot connect: {exc}") from exc
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            raise NodeExecutionError(
+                f"{self._describe()} failed: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    async def _follow(self) -> NodeResult:
+        while True:
+            addresses = await vet_target(self.current.url, self.policy)
+            response = await self._send(addresses)
+            try:
+                hop = _next_hop(self.current, response) if self.plan.follow_redirects else None
+                if hop is None:
+                    raw = await self._read(response)
+                    return self._result(response, raw)
+            finally:
+                await response.aclose()
+            self.redirects += 1
+            if self.redirects > MAX_REDIRECTS:
+                raise NodeExecutionError(f"{self._describe()}: more than {MAX_REDIRECTS} redirects")
+            self.current = hop
+
+    async def _send(self, addresses: list[IPAddress]) -> httpx.Response:
+        request = self.current
+        url = request.url
+        if url.scheme == "https":
+            targets = [url]  # by name: TLS verifies the name (module docstring)
+        else:
+            # the checked addresses themselves, so no second lookup can be rebound
+            targets = [url.copy_with(host=str(ip)) for ip in addresses]
+        headers = request.headers.copy()
+        headers.setdefault("Host", url.netloc.decode("ascii"))
+        failure: httpx.ConnectError | None = None
+        for target in targets:
+            outgoing = self.client.build_request(
+                request.method,
+                target,
+                headers=headers,
+                content=request.content,
+                timeout=self.plan.timeout,
+            )
+            try:
+                return await self.client.send(outgoing, stream=True)
+            except httpx.ConnectError as exc:  # nothing was sent: try the next address
+                failure = exc
+        assert failure is not None
+        raise failure
+
+    async def _read(self, response: httpx.Response) -> bytes:
+        limit = self.plan.max_response_bytes
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > limit:
+                raise NodeExecutionError(
+                    f"{self._describe()}: the response body exceeds max_response_bytes={limit}"
+                )
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _result(self, response: httpx.Response, raw: bytes) -> NodeResult:
+        status = response.status_code
+        plan = self.plan
+        ok = 200 <= status < 300 if plan.expect is None else status in plan.expect
+        encoding = response.encoding or "utf-8"
+        if not ok:
+            snippet = raw[:200].decode(encoding, errors="replace")
+            detail = f": {snippet}" if snippet.strip() else ""
+            raise HttpStatusError(
+                f"{self._describe()} returned HTTP {status}, expected {_expected(plan.expect)}"
+                f"{detail}",
+                status,
+            )
+        mode = plan.response
+        content_type = response.headers.get("content-type")
+        body: Any
+        if mode == "text" or (mode is None and not _is_json(content_type)):
+            body = raw.decode(encoding, errors="replace")
+        elif not raw.strip():
+            body = None  # e.g. 204 No Content, or a HEAD request
+        else:
+            try:
+                body = json.loads(raw, parse_constant=_reject_constant)
+            except ValueError as exc:
+                raise NodeExecutionError(
+                    f"{self._describe()}: the response body is not valid JSON ({exc}); "
+                    'set response: "text" to read it as text'
+                ) from None
+        return NodeResult(
+            output={"status": status, "headers": dict(response.headers.items()), "body": body},
+            metadata={"url": _redact(self.current.url), "redirects": self.redirects},
+        )
+
+
+@NodeRegistry.register("http")
+class HttpNode(BaseNode):
+    """Sends one HTTP request (following redirects, each hop re-checked by the SSRF
+    guard) and outputs ``{"status", "headers", "body"}``; see the module docstring."""
+
+    config_model = HttpConfig
+    config: HttpConfig
+    _policy: TargetPolicy | None = None
+
+    def _target_policy(self) -> TargetPolicy:
+        # from the unresolved config: allow_hosts takes no templates, and it is the
+        # same for every run of this compiled workflow, so it is parsed once
+        if self._policy is None:
+            self._policy = TargetPolicy.from_entries(self.config.allow_hosts)
+        return self._policy
+
+    def breaker_key(self, config: Any) -> str:
+        """The circuit-breaker key of a call: its target origin, so one failing host
+        does not open the breaker for every other host this node type calls."""
+        try:
+            url = httpx.URL(str(config.get("url", "")))
+        except (AttributeError, httpx.InvalidURL):
+            return self.type_name
+        if not url.host:
+            return self.type_name
+        return f"{self.type_name}:{url.scheme}://{url.netloc.decode('ascii').lower()}"
+
+    async def execute(
+        self, node_context: NodeContext, workflow_context: WorkflowContext
+    ) -> NodeResult:
+        plan = _plan(node_context.config, node_context.idempotency_key)
+        client = shared_http_client(_http_pool_size(node_context))
+        return await _Exchange(client, self._target_policy(), plan).run()
