@@ -1,0 +1,110 @@
+"""The engine's public API is ``app.engine.__all__``, pinned here: changing it is a
+deliberate act that shows up in review."""
+
+from __future__ import annotations
+
+import importlib
+
+import app.engine
+
+EXPECTED_ALL = [
+    "BaseNode",
+    "CachePolicy",
+    "CircuitBreakerPolicy",
+    "Clock",
+    "ConditionalExecutor",
+    "DeliberateFailure",
+    "EdgeSpec",
+    "Event",
+    "EventSink",
+    "EventType",
+    "ExecutionConfig",
+    "ExpressionCompileError",
+    "ExpressionError",
+    "ExpressionEvaluationError",
+    "FlowcoreError",
+    "InMemoryWorkflowRepository",
+    "InputValidationError",
+    "ListEventSink",
+    "NodeConfigError",
+    "NodeContext",
+    "NodeError",
+    "NodeExecutionError",
+    "NodeRegistry",
+    "NodeResult",
+    "NodeRun",
+    "NodeSpec",
+    "NodeStatus",
+    "NodeTimeoutError",
+    "ParallelExecutor",
+    "PluginLoadError",
+    "RetryPolicy",
+    "RunError",
+    "RunNotFoundError",
+    "RunResult",
+    "RunStatus",
+    "SequentialExecutor",
+    "Strategy",
+    "SystemClock",
+    "UnknownNodeTypeError",
+    "ValidationIssue",
+    "WorkflowContext",
+    "WorkflowDefinition",
+    "WorkflowExecutor",
+    "WorkflowNotFoundError",
+    "WorkflowResolver",
+    "WorkflowValidationError",
+    "create_workflow",
+    "validate_workflow",
+]
+
+#: the names the seed's "Native backend" document imports; its examples must keep working
+SEED_NAMES = [
+    "WorkflowExecutor",
+    "ExecutionConfig",
+    "create_workflow",
+    "WorkflowContext",
+    "NodeContext",
+    "BaseNode",
+    "NodeResult",
+    "NodeRegistry",
+    "SequentialExecutor",
+    "ParallelExecutor",
+    "ConditionalExecutor",
+]
+
+
+def test_all_is_pinned() -> None:
+    assert app.engine.__all__ == EXPECTED_ALL
+
+
+def test_the_pinned_list_is_sorted_and_unique() -> None:
+    assert sorted(set(EXPECTED_ALL)) == EXPECTED_ALL
+
+
+def test_every_exported_name_is_importable() -> None:
+    module = importlib.import_module("app.engine")
+    for name in module.__all__:
+        assert getattr(module, name, None) is not None, name
+
+
+def test_star_import_gives_exactly_all() -> None:
+    namespace: dict[str, object] = {}
+    exec("from app.engine import *", namespace)  # the one way to test `import *`
+    assert sorted(k for k in namespace if k != "__builtins__") == EXPECTED_ALL
+
+
+def test_the_seed_names_are_public() -> None:
+    missing = [name for name in SEED_NAMES if name not in app.engine.__all__]
+    assert missing == []
+
+
+def test_exported_exceptions_share_one_base() -> None:
+    exceptions = [
+        obj
+        for obj in (getattr(app.engine, name) for name in EXPECTED_ALL)
+        if isinstance(obj, type) and issubclass(obj, BaseException)
+    ]
+    assert len(exceptions) >= 10
+    for exc in exceptions:
+        assert issubclass(exc, app.engine.FlowcoreError), exc
