@@ -13,6 +13,7 @@ from app.engine.events import EventType
 from app.engine.expressions import Scope, ValueTemplate, compile_expression
 
 if TYPE_CHECKING:
+    from app.engine.config import ExecutionConfig
     from app.engine.dsl import NodeSpec, WorkflowDefinition
     from app.engine.scheduler import RunHandle
 
@@ -137,6 +138,11 @@ class NodeContext:
         return ValueTemplate(value).render(self.scope)
 
     @property
+    def execution_config(self) -> ExecutionConfig:
+        """The run's effective ExecutionConfig (read it; do not change it)."""
+        return self._handle.shared.config
+
+    @property
     def max_concurrent_tasks(self) -> int:
         """The run's ``max_concurrent_tasks`` (the default concurrency of a map)."""
         return self._handle.shared.config.max_concurrent_tasks
@@ -192,6 +198,12 @@ class BaseNode:
         self, node_context: NodeContext, workflow_context: WorkflowContext
     ) -> NodeResult:
         raise NotImplementedError(f"{type(self).__name__}.execute")
+
+    def cacheable_call(self, config: Any) -> bool:
+        """Whether this call (with its resolved config) may be served from the cache when
+        caching is on for the whole run. An explicit ``cache`` policy on the node
+        overrides this (but never ``cacheable = False``)."""
+        return self.cacheable
 
     def breaker_key(self, config: Any) -> str:
         """The circuit-breaker key for a call with this resolved config (default: the

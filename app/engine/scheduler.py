@@ -392,6 +392,8 @@ class RunHandle:
             return None
         if not cn.node.cacheable:
             return None
+        if policy is None and not cn.node.cacheable_call(config):
+            return None
         if policy is not None and policy.key is not None:
             rendered = compile_template(policy.key)
             text = rendered if isinstance(rendered, str) else rendered.render(self.scope)
@@ -437,8 +439,8 @@ class RunHandle:
             if policy.retry_on is not None:
                 if kind not in policy.retry_on:
                     return result
-            elif kind == "circuit_open":
-                return result  # retrying into an open breaker only fails again
+            elif kind in _NOT_RETRIED:
+                return result  # the same call fails the same way; retrying only delays
             delay = _backoff(policy, shared.config.retry_delay, attempt)
             shared.emit(
                 EventType.NODE_RETRY,
@@ -810,6 +812,8 @@ class RunHandle:
 
 
 _DEFAULT_RETRY = RetryPolicy()
+#: error kinds not retried unless a policy's ``retry_on`` names them
+_NOT_RETRIED = frozenset({"circuit_open", "config", "forbidden_target", "input"})
 
 
 def _backoff(policy: RetryPolicy, default_delay: float, attempt: int) -> float:

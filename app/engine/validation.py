@@ -122,6 +122,11 @@ def _field_of(loc: Iterable[int | str]) -> str:
     return ".".join(str(part) for part in loc) or "(root)"
 
 
+def _config_field(field: str | None) -> str:
+    """``config.<field>``, or plain ``config`` for a check on the config as a whole."""
+    return "config" if field in (None, "(root)") else f"config.{field}"
+
+
 def _issues_from(exc: ValidationError, **where: str | None) -> list[ValidationIssue]:
     return [
         ValidationIssue(err["msg"], field=_field_of(err["loc"]), code="schema", **where)
@@ -268,7 +273,7 @@ class _Checker:
             )
         except ValidationError as exc:
             for issue in _issues_from(exc):
-                self.add(issue.message, "config", field=f"config.{issue.field}")
+                self.add(issue.message, "config", field=_config_field(issue.field))
 
     def _expression(self, source: str, **where: str | None) -> None:
         if len(source) > self.limits.max_expression_length:
@@ -387,7 +392,9 @@ class _Checker:
                 except ValidationError as exc:
                     ok = False
                     for issue in _issues_from(exc):
-                        self.add(issue.message, "config", node=node, field=f"config.{issue.field}")
+                        self.add(
+                            issue.message, "config", node=node, field=_config_field(issue.field)
+                        )
                     continue
             skip = node_cls.expression_fields
             for key, value in spec.config.items():

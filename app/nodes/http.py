@@ -340,9 +340,7 @@ async def aclose_http_client() -> None:
 
 
 def _http_pool_size(node_context: NodeContext) -> int:
-    # NodeContext has no public accessor for the run's ExecutionConfig yet (one,
-    # ``node_context.execution_config``, is coming); read it through the run handle.
-    return node_context._handle.shared.config.http_pool_size
+    return node_context.execution_config.http_pool_size
 
 
 # ---------------------------------------------------------------------------- config
@@ -752,6 +750,12 @@ class HttpNode(BaseNode):
         if self._policy is None:
             self._policy = TargetPolicy.from_entries(self.config.allow_hosts)
         return self._policy
+
+    def cacheable_call(self, config: Any) -> bool:
+        """With caching on for a whole run, only safe methods are served from the cache;
+        a node with its own ``cache`` policy is cached whatever its method."""
+        method = str(config.get("method", "GET")) if isinstance(config, dict) else "GET"
+        return method.upper() in ("GET", "HEAD")
 
     def breaker_key(self, config: Any) -> str:
         """The circuit-breaker key of a call: its target origin, so one failing host
