@@ -15,13 +15,10 @@ from typing import Any
 import pytest
 
 from app.engine import RunResult, RunStatus, WorkflowExecutor, create_workflow, validate_workflow
+from app.nodes import egress as egress_module
 from app.nodes import http as http_module
-from app.nodes.http import (
-    IPAddress,
-    TargetPolicy,
-    forbidden_reason,
-    shared_http_client,
-)
+from app.nodes.egress import IPAddress, TargetPolicy, forbidden_reason
+from app.nodes.http import shared_http_client
 
 from .conftest import (
     LocalHTTPServer,
@@ -470,7 +467,7 @@ async def test_the_request_goes_to_the_address_that_was_checked(
 ) -> None:
     # "svc.test" exists only in the fake resolver: the request can only succeed if the
     # client connects to the vetted address instead of resolving the name again
-    monkeypatch.setattr(http_module, "resolve_host", fake_resolver({"svc.test": ["127.0.0.1"]}))
+    monkeypatch.setattr(egress_module, "resolve_host", fake_resolver({"svc.test": ["127.0.0.1"]}))
     http_server.route("/", lambda _: json_reply({"ok": True}))
     url = f"http://svc.test:{http_server.port}/"
 
@@ -484,7 +481,7 @@ async def test_any_forbidden_address_refuses_the_host(
     http_server: LocalHTTPServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     table = {"mixed.test": ["127.0.0.1", "10.0.0.1"]}
-    monkeypatch.setattr(http_module, "resolve_host", fake_resolver(table))
+    monkeypatch.setattr(egress_module, "resolve_host", fake_resolver(table))
     url = f"http://mixed.test:{http_server.port}/"
 
     kind, message = failure(await run({"url": url, "allow_hosts": ["127.0.0.0/8"]}))
