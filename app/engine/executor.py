@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from app.engine.errors import InputValidationError, RunNotFoundError
 from app.engine.events import Event, EventSink, EventType
 from app.engine.expressions import Scope
 from app.engine.graph import compile_workflow
+from app.engine.memory import InMemoryMemoryStore, MemoryStore
 from app.engine.metrics import MetricsCollector
 from app.engine.node import NodeContext, NodeResult, WorkflowContext
 from app.engine.ports import Clock, SystemClock, WorkflowResolver
@@ -129,6 +130,7 @@ class WorkflowExecutor:
         cache: Cache | None = None,
         circuit_breakers: CircuitBreakerStore | None = None,
         callbacks: list[Any] | None = None,
+        memory_store: MemoryStore | None = None,
     ) -> None:
         self.config = config if config is not None else ExecutionConfig()
         self.metrics_collector = metrics_collector
@@ -139,6 +141,7 @@ class WorkflowExecutor:
         self.cache = cache
         self.circuit_breakers = circuit_breakers
         self.callbacks = list(callbacks or [])
+        self.memory_store: MemoryStore = memory_store or InMemoryMemoryStore()
         self._runs: dict[str, RunShared] = {}
         self._last: RunShared | None = None
 
@@ -259,6 +262,7 @@ class WorkflowExecutor:
                 self.cache = InMemoryCache(effective.cache_size, self.clock)
             shared.cache = self.cache
         shared.breakers = self.circuit_breakers or process_breakers()
+        shared.memory_store = self.memory_store
         wctx = context or WorkflowContext(definition.id)
         wctx.run_id = run_id
         wctx.input = input_data
@@ -390,7 +394,7 @@ class WorkflowExecutor:
         run_id: str | None = None,
         config: dict[str, Any] | None = None,
         context: WorkflowContext | None = None,
-    ) -> AsyncIterator[Event]:
+    ) -> AsyncGenerator[Event, None]:
         """Run ``workflow`` and yield its events as they happen, ending with the
         terminal event. Leaving the loop early cancels the run."""
         queue: asyncio.Queue[Event | None] = asyncio.Queue()

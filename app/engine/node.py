@@ -15,6 +15,7 @@ from app.engine.expressions import Scope, ValueTemplate, compile_expression
 if TYPE_CHECKING:
     from app.engine.config import ExecutionConfig
     from app.engine.dsl import NodeSpec, WorkflowDefinition
+    from app.engine.memory import MemoryStore
     from app.engine.scheduler import RunHandle
 
 
@@ -141,6 +142,14 @@ class NodeContext:
     def execution_config(self) -> ExecutionConfig:
         """The run's effective ExecutionConfig (read it; do not change it)."""
         return self._handle.shared.config
+
+    @property
+    def memory_store(self) -> MemoryStore:
+        """The executor's conversation store (for the ``memory`` node and LLM nodes)."""
+        store = self._handle.shared.memory_store
+        if store is None:
+            raise RuntimeError("this run has no memory store")
+        return store
 
     @property
     def max_concurrent_tasks(self) -> int:

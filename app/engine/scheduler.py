@@ -40,6 +40,7 @@ from app.engine.errors import (
 from app.engine.events import Event, EventSink, EventType
 from app.engine.expressions import Scope, compile_template
 from app.engine.graph import CompiledNode, CompiledWorkflow, compile_workflow
+from app.engine.memory import MemoryStore
 from app.engine.node import NodeContext, NodeResult, WorkflowContext
 from app.engine.ports import Clock, WorkflowResolver
 from app.engine.result import NodeRun, NodeStatus, RunError, RunStatus
@@ -99,6 +100,7 @@ class RunShared:
         self.callbacks: list[Any] = list(executor.callbacks) if executor is not None else []
         self.cache: Cache | None = None
         self.breakers: CircuitBreakerStore | None = None
+        self.memory_store: MemoryStore | None = None
         # checkpointing (root graph only)
         self.checkpoints: CheckpointStore | None = None
         self.checkpoint_sequence = 0
@@ -541,8 +543,14 @@ class RunHandle:
                 if result.metadata and result.metadata.get("cache_hit"):
                     data["cached"] = True
                 shared.emit(EventType.NODE_COMPLETED, self.path + runner_record.node_id, data)
+                if runner != index:  # the rescued node completes too, through its fallback
+                    shared.emit(
+                        EventType.NODE_COMPLETED,
+                        self.path + cn.id,
+                        {**data, "fallback_from": runner_record.node_id},
+                    )
             else:
-                shared.seq += 1
+                shared.seq += 1 if runner == index else 2
             if self.is_root and shared.checkpoints is not None:
                 self._note_checkpoint(
                     cn.id, NodeCheckpoint("succeeded", result.output, None, None, record.attempts)
@@ -763,6 +771,8 @@ class RunHandle:
             except TimeoutError:
                 raise NodeTimeoutError(f"no signal {name!r} within {timeout:g}s") from None
         finally:
+            # resumed only by a delivered signal, not by a timeout or a cancel
+            delivered = future.done() and not future.cancelled()
             if not future.done():
                 future.cancel()
             self.records[index].status = NodeStatus.RUNNING
@@ -770,7 +780,8 @@ class RunHandle:
             shared.waiting -= 1
             if shared.waiting == 0 and shared.status is RunStatus.WAITING:
                 shared.status = RunStatus.RUNNING
-                shared.emit(EventType.RUN_RESUMED, self.path + node_id, {"signal": name})
+                if delivered:
+                    shared.emit(EventType.RUN_RESUMED, self.path + node_id, {"signal": name})
 
     async def run_body(
         self,

@@ -561,11 +561,6 @@ async def test_wait_timeout_fails_the_node_with_kind_timeout(sink: RecordingSink
     assert sink.types()[-1] == "run.failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a wait that times out still emits run.resumed "
-    "(RunHandle.wait_for_signal emits it in `finally`, whether or not a signal came)",
-)
 async def test_a_timed_out_wait_does_not_report_the_run_resumed(sink: RecordingSink) -> None:
     workflow = make_workflow([node("approval", "wait", config={"signal": "go", "timeout": 0.02})])
     result = await WorkflowExecutor(event_sinks=[sink]).execute(workflow)
@@ -574,11 +569,6 @@ async def test_a_timed_out_wait_does_not_report_the_run_resumed(sink: RecordingS
     assert sink.of(EventType.RUN_RESUMED) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: cancelling a waiting run emits run.resumed before run.cancelled "
-    "(RunHandle.wait_for_signal emits it in `finally`, whether or not a signal came)",
-)
 async def test_cancelling_a_waiting_run_does_not_report_it_resumed(sink: RecordingSink) -> None:
     workflow = make_workflow([node("approval", "wait", config={"signal": "go"})])
     executor = WorkflowExecutor(event_sinks=[sink])

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import cast
 
 import pytest
 
@@ -147,7 +145,7 @@ async def test_closing_the_stream_early_cancels_the_run(probe: Probe) -> None:
     workflow = make_workflow([probe_node("stuck", block=True, cleanup_yields=3)])
     executor = WorkflowExecutor()
     # stream() is an async generator, though annotated as a bare AsyncIterator
-    events = cast(AsyncGenerator[Event, None], executor.stream(workflow, run_id="st-2"))
+    events = executor.stream(workflow, run_id="st-2")
     async with aclosing(events) as stream:
         async for event in stream:
             if event.type is EventType.NODE_STARTED:
