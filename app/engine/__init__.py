@@ -8,6 +8,21 @@
 It imports only the standard library, pydantic, typing_extensions and the CEL library.
 """
 
+from app.engine.breaker import (
+    BreakerState,
+    CircuitBreakerStore,
+    CircuitOpenError,
+    InMemoryCircuitBreakers,
+)
+from app.engine.cache import Cache, CacheHit, InMemoryCache
+from app.engine.checkpoint import (
+    Checkpoint,
+    CheckpointInfo,
+    CheckpointNotFoundError,
+    CheckpointStore,
+    FileCheckpointStore,
+    InMemoryCheckpointStore,
+)
 from app.engine.config import ExecutionConfig
 from app.engine.dsl import (
     CachePolicy,
@@ -38,11 +53,15 @@ from app.engine.errors import (
 from app.engine.events import Event, EventSink, EventType
 from app.engine.executor import (
     ConditionalExecutor,
+    DebugExecutor,
+    DebugState,
     ParallelExecutor,
     SequentialExecutor,
     Strategy,
     WorkflowExecutor,
 )
+from app.engine.memory import ConversationMemory, EntityMemory, InMemoryMemoryStore, MemoryStore
+from app.engine.metrics import MetricsCollector
 from app.engine.node import BaseNode, NodeContext, NodeResult, WorkflowContext
 from app.engine.ports import (
     Clock,
@@ -53,27 +72,49 @@ from app.engine.ports import (
 )
 from app.engine.registry import NodeRegistry
 from app.engine.result import NodeRun, NodeStatus, RunError, RunResult, RunStatus
+from app.engine.trace import ExecutionTrace, NodeTiming
 from app.engine.validation import create_workflow, validate_workflow
 
 __all__ = [
     "BaseNode",
+    "BreakerState",
+    "Cache",
+    "CacheHit",
     "CachePolicy",
+    "Checkpoint",
+    "CheckpointInfo",
+    "CheckpointNotFoundError",
+    "CheckpointStore",
     "CircuitBreakerPolicy",
+    "CircuitBreakerStore",
+    "CircuitOpenError",
     "Clock",
     "ConditionalExecutor",
+    "ConversationMemory",
+    "DebugExecutor",
+    "DebugState",
     "DeliberateFailure",
     "EdgeSpec",
+    "EntityMemory",
     "Event",
     "EventSink",
     "EventType",
     "ExecutionConfig",
+    "ExecutionTrace",
     "ExpressionCompileError",
     "ExpressionError",
     "ExpressionEvaluationError",
+    "FileCheckpointStore",
     "FlowcoreError",
+    "InMemoryCache",
+    "InMemoryCheckpointStore",
+    "InMemoryCircuitBreakers",
+    "InMemoryMemoryStore",
     "InMemoryWorkflowRepository",
     "InputValidationError",
     "ListEventSink",
+    "MemoryStore",
+    "MetricsCollector",
     "NodeConfigError",
     "NodeContext",
     "NodeError",
@@ -84,6 +125,7 @@ __all__ = [
     "NodeSpec",
     "NodeStatus",
     "NodeTimeoutError",
+    "NodeTiming",
     "ParallelExecutor",
     "PluginLoadError",
     "RetryPolicy",
