@@ -48,6 +48,7 @@ class BreakerStatus:
     failures: int
     opened_at: float | None
     half_open_calls: int
+    half_opened_at: float | None = None
 
 
 class CircuitBreakerStore(Protocol):
@@ -91,10 +92,16 @@ class InMemoryCircuitBreakers:
                 raise CircuitOpenError(key, retry_at, now)
             self._move(status, BreakerState.HALF_OPEN)
             status.half_open_calls = 0
+            status.half_opened_at = now
         if status.state is BreakerState.HALF_OPEN:
             if status.half_open_calls >= policy.half_open_max_calls:
-                assert status.opened_at is not None
-                raise CircuitOpenError(key, now + policy.recovery_timeout, now)
+                assert status.half_opened_at is not None
+                retry_at = status.half_opened_at + policy.recovery_timeout
+                if now < retry_at:
+                    raise CircuitOpenError(key, retry_at, now)
+                # trial calls that never reported back (cancelled, lost) free their slots
+                status.half_open_calls = 0
+                status.half_opened_at = now
             status.half_open_calls += 1
 
     async def record(self, key: str, policy: CircuitBreakerPolicy, success: bool) -> None:

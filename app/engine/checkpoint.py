@@ -57,6 +57,8 @@ class CheckpointRecord:
     definition: dict[str, Any] | None = None
     input: Any = None
     error: dict[str, Any] | None = None
+    #: the sequence this record continues from (None: the one before it)
+    parent: int | None = None
 
     @property
     def id(self) -> str:
@@ -116,6 +118,21 @@ def parse_checkpoint_id(value: str) -> tuple[str, int]:
     return run_id, int(sequence)
 
 
+def chain_to(records: list[CheckpointRecord], sequence: int) -> list[CheckpointRecord]:
+    """The records checkpoint ``sequence`` folds, oldest first (following parents)."""
+    by_sequence = {r.sequence: r for r in records}
+    chain: list[CheckpointRecord] = []
+    current: int | None = sequence
+    while current is not None and current in by_sequence:
+        record = by_sequence[current]
+        chain.append(record)
+        current = record.parent if record.parent is not None else current - 1
+        if current == 0:
+            break
+    chain.reverse()
+    return chain
+
+
 def fold(records: list[CheckpointRecord]) -> Checkpoint:
     """The full checkpoint at the last of ``records`` (records 1..n of one run)."""
     if not records:
@@ -173,14 +190,14 @@ class InMemoryCheckpointStore:
 
     async def load(self, checkpoint_id: str) -> Checkpoint:
         run_id, sequence = parse_checkpoint_id(checkpoint_id)
-        records = [r for r in self._runs.get(run_id, []) if r.sequence <= sequence]
+        records = chain_to(self._runs.get(run_id, []), sequence)
         if not records or records[-1].sequence != sequence:
             raise CheckpointNotFoundError(f"no checkpoint {checkpoint_id!r}")
         return fold(records)
 
     async def latest(self, run_id: str) -> Checkpoint | None:
         records = self._runs.get(run_id)
-        return fold(records) if records else None
+        return fold(chain_to(records, records[-1].sequence)) if records else None
 
     async def list(self, run_id: str) -> list[CheckpointInfo]:
         return _infos(self._runs.get(run_id, []))
@@ -210,8 +227,13 @@ class FileCheckpointStore:
         for record in records:
             by_run.setdefault(record.run_id, []).append(record.to_json())
         for run_id, lines in by_run.items():
-            with self._path(run_id).open("a", encoding="utf-8") as handle:
-                handle.write("\n".join(lines) + "\n")
+            with self._path(run_id).open("a+b") as handle:
+                text = "\n".join(lines) + "\n"
+                if handle.tell() > 0:
+                    handle.seek(-1, os.SEEK_END)
+                    if handle.read(1) != b"\n":  # a torn line from a crash: end it first
+                        text = "\n" + text
+                handle.write(text.encode("utf-8"))
                 if self.fsync:
                     handle.flush()
                     os.fsync(handle.fileno())
@@ -227,20 +249,19 @@ class FileCheckpointStore:
             try:
                 records.append(CheckpointRecord.from_json(line))
             except (ValueError, TypeError):
-                break  # a torn last line from a crash mid-write: the records before it stand
+                continue  # a torn line from a crash mid-write: skip it
         return records
 
     async def load(self, checkpoint_id: str) -> Checkpoint:
         run_id, sequence = parse_checkpoint_id(checkpoint_id)
-        records = await asyncio.to_thread(self._read, run_id)
-        records = [r for r in records if r.sequence <= sequence]
+        records = chain_to(await asyncio.to_thread(self._read, run_id), sequence)
         if not records or records[-1].sequence != sequence:
             raise CheckpointNotFoundError(f"no checkpoint {checkpoint_id!r}")
         return fold(records)
 
     async def latest(self, run_id: str) -> Checkpoint | None:
         records = await asyncio.to_thread(self._read, run_id)
-        return fold(records) if records else None
+        return fold(chain_to(records, records[-1].sequence)) if records else None
 
     async def list(self, run_id: str) -> list[CheckpointInfo]:
         return _infos(await asyncio.to_thread(self._read, run_id))

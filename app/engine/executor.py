@@ -271,6 +271,14 @@ class WorkflowExecutor:
             variables.update(restore.variables)
             shared.seq = restore.event_seq
             shared.checkpoint_sequence = restore.sequence
+            if effective.enable_checkpoints:
+                # resuming from an earlier checkpoint: new records follow the last one
+                # stored, and the first of them continues from `restore`
+                infos = await self._checkpoints().list(run_id)
+                last = infos[-1].sequence if infos else restore.sequence
+                if last != restore.sequence:
+                    shared.checkpoint_sequence = last
+                    shared.checkpoint_parent = restore.sequence
             shared.restored = dict(restore.completed)
             shared.restored_pending = {
                 k: v for k, v in restore.pending.items() if v.get("kind") == "delay"

@@ -34,6 +34,10 @@ class CompiledNode:
     fallback: int | None
     #: only ever runs as another node's fallback (no edges of its own)
     standby: bool
+    #: the node has raw CEL in its config (which a cache key must account for)
+    has_expressions: bool = False
+    #: node ids its raw CEL reads (None: any node)
+    expression_reads: frozenset[str] | None = frozenset()
 
 
 @dataclass(slots=True, eq=False)
@@ -69,6 +73,11 @@ def compile_workflow(definition: WorkflowDefinition) -> CompiledWorkflow:
         if node_cls.config_model is not None:
             node.config = node_cls.config_model.model_validate(spec.config)
         standby = spec.id in fallback_targets and not incoming[i] and not outgoing[i]
+        sources = [source for _, source in node.expressions()]
+        reads: frozenset[str] | None = frozenset()
+        for source in sources:
+            refs = compile_expression(source).node_refs
+            reads = None if refs is None or reads is None else reads | refs
         nodes.append(
             CompiledNode(
                 index=i,
@@ -82,6 +91,8 @@ def compile_workflow(definition: WorkflowDefinition) -> CompiledWorkflow:
                 join_any=spec.join == "any",
                 fallback=by_id[spec.fallback] if spec.fallback else None,
                 standby=standby,
+                has_expressions=bool(sources),
+                expression_reads=reads,
             )
         )
     output: dict[str, Any] | None = None

@@ -104,6 +104,8 @@ class RunShared:
         # checkpointing (root graph only)
         self.checkpoints: CheckpointStore | None = None
         self.checkpoint_sequence = 0
+        #: the sequence the next record continues from, when not the one before it
+        self.checkpoint_parent: int | None = None
         self.checkpoint_header: dict[str, Any] | None = None
         self._checkpoint_queue: list[CheckpointRecord] = []
         self._checkpoint_wake: asyncio.Event | None = None
@@ -201,7 +203,7 @@ class RunHandle:
         self.records = [NodeRun(cn.id, cn.spec.type) for cn in compiled.nodes]
         self._remaining = [cn.in_degree for cn in compiled.nodes]
         self._taken = [0] * n
-        self._ready: deque[int] = deque()
+        self._ready: deque[int] = deque(compiled.roots)
         self._tasks: dict[asyncio.Task[NodeResult], tuple[int, int]] = {}
         self._finished: asyncio.Future[None] | None = None
         self._stopping = False
@@ -223,7 +225,6 @@ class RunHandle:
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         self._finished = loop.create_future()
-        self._ready.extend(self.compiled.roots)
         self._pump()
         try:
             await self._finished
@@ -232,7 +233,7 @@ class RunHandle:
             self.cancelled = True
             await self._drain()
             raise
-        if self.error is None and not self.cancelled:
+        if self.error is None and not self.cancelled and self.breakpoint is None:
             self._evaluate_output()
 
     def cancel(self) -> None:
@@ -400,7 +401,16 @@ class RunHandle:
             rendered = compile_template(policy.key)
             text = rendered if isinstance(rendered, str) else rendered.render(self.scope)
             return f"{cn.spec.type}:key:{text}"
-        return cache_key(cn.spec.type, config, node_input)
+        # templates are resolved into `config` already; raw CEL fields (a transform's
+        # outputs, a map's items) also read the input, vars and the nodes they name
+        reads: dict[str, Any] = {"parents": node_input}
+        if cn.has_expressions:
+            scope = self.scope
+            reads["input"] = scope.input
+            reads["vars"] = scope.vars
+            names = cn.expression_reads if cn.expression_reads is not None else scope.nodes
+            reads["nodes"] = {name: scope.nodes.get(name) for name in names}
+        return cache_key(cn.spec.type, config, reads)
 
     async def _attempts(
         self, cn: CompiledNode, ctx: NodeContext, record: NodeRun, event_id: str, config: Any
@@ -556,6 +566,7 @@ class RunHandle:
                     cn.id, NodeCheckpoint("succeeded", result.output, None, None, record.attempts)
                 )
             self._release(index, True)
+            self._maybe_checkpoint()
             return
         # failure
         error = result.error or "node failed"
@@ -597,6 +608,7 @@ class RunHandle:
                 )
                 return
             self._release(index, False)
+            self._maybe_checkpoint()
             return
         self._fail(run_error)
 
@@ -605,7 +617,10 @@ class RunHandle:
     def _note_checkpoint(self, node_id: str, state: NodeCheckpoint) -> None:
         self._delta[node_id] = state
         self._since += 1
-        if self._since >= self.shared.config.checkpoint_interval:
+
+    def _maybe_checkpoint(self) -> None:
+        """After a node's out-edges were released, so the frontier is up to date."""
+        if self._since and self._since >= self.shared.config.checkpoint_interval:
             self.checkpoint("running")
 
     def checkpoint(self, status: str, error: RunError | None = None) -> None:
@@ -615,6 +630,7 @@ class RunHandle:
             return
         shared.checkpoint_sequence += 1
         header = shared.checkpoint_header if shared.checkpoint_sequence == 1 else None
+        parent, shared.checkpoint_parent = shared.checkpoint_parent, None
         frontier = [self.records[i].node_id for i in self._ready]
         frontier += [self.records[index].node_id for index, _ in self._tasks.values()]
         record = CheckpointRecord(
@@ -631,6 +647,7 @@ class RunHandle:
             definition=header["definition"] if header else None,
             input=header["input"] if header else None,
             error=error.to_dict() if error else None,
+            parent=parent,
         )
         self._delta = {}
         self._since = 0
@@ -742,8 +759,11 @@ class RunHandle:
         self.checkpoint("running")
         try:
             await shared.clock.sleep(max(wake_at - now, 0.0))
-        finally:
-            shared.pending.pop(node_id, None)
+        except asyncio.CancelledError:
+            if not self._stopping:  # a stopping run's last checkpoint keeps the wake time
+                shared.pending.pop(node_id, None)
+            raise
+        shared.pending.pop(node_id, None)
 
     async def wait_for_signal(self, node_id: str, name: str, timeout: float | None) -> Any:
         shared = self.shared
@@ -829,10 +849,10 @@ _NOT_RETRIED = frozenset({"circuit_open", "config", "forbidden_target", "input"}
 
 def _backoff(policy: RetryPolicy, default_delay: float, attempt: int) -> float:
     base = policy.delay if policy.delay is not None else default_delay
-    delay = min(base * policy.backoff ** (attempt - 1), policy.max_delay)
+    delay = base * policy.backoff ** (attempt - 1)
     if policy.jitter:
         delay *= 1 + random.uniform(-policy.jitter, policy.jitter)
-    return max(delay, 0.0)
+    return max(min(delay, policy.max_delay), 0.0)
 
 
 def _failure(exc: BaseException) -> NodeResult:

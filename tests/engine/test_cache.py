@@ -144,13 +144,6 @@ def test_cache_key_hashes_type_config_and_inputs() -> None:
     assert base != cache_key("t", {"a": 1, "b": [1, 2]}, {"p": {"x": 2}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: the default cache key hashes the resolved config and the parents' "
-    "outputs only, but expression fields (transform's output map, conditions) read the "
-    "run input and vars, so a second run with different input is served the first run's "
-    "output",
-)
 async def test_the_default_key_covers_what_expressions_read() -> None:
     workflow = make_workflow(
         [node("t", "transform", config={"output": {"double": "input.x * 2"}})],

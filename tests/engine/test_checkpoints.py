@@ -457,12 +457,6 @@ async def test_resuming_from_an_earlier_checkpoint_reruns_only_later_nodes(
     assert all(runs[f"n{i}"] == 1 for i in (3, 4, 5))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a run resumed from an earlier checkpoint numbers its records from "
-    "that checkpoint's sequence, so ids like 'run:3' now name two different checkpoints "
-    "and later folds mix the abandoned records in",
-)
 async def test_checkpoint_ids_stay_unique_after_resuming_from_an_earlier_one(
     store: CheckpointStore, ledger: Ledger
 ) -> None:
@@ -525,12 +519,6 @@ async def test_a_delay_past_its_wake_time_does_not_sleep_on_resume(
     assert clock.sleeps == [10.0, 0.0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: cancelling a run pops the sleeping delay from `pending` before the "
-    "final 'cancelled' checkpoint is written, so resuming the run from its latest "
-    "checkpoint sleeps the whole delay again",
-)
 async def test_a_delay_resumed_from_the_cancelled_checkpoint_sleeps_only_what_is_left(
     store: CheckpointStore, ledger: Ledger
 ) -> None:
@@ -674,12 +662,6 @@ async def test_idempotency_keys_are_stable_across_retries(ledger: Ledger) -> Non
     assert ledger.keys["r"] == ["retry-run:r:0"] * 3
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: the frontier is computed before the completed node's out-edges are "
-    "released (and, for the first record, before the roots are queued), so a chain's "
-    "checkpoints always carry an empty frontier",
-)
 async def test_the_frontier_names_the_nodes_ready_or_running(
     store: CheckpointStore, ledger: Ledger
 ) -> None:
@@ -737,12 +719,6 @@ async def test_a_torn_last_line_is_ignored(tmp_path: Path, ledger: Ledger) -> No
     assert (await store.load(latest.id)) == latest
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: FileCheckpointStore appends after a torn last line without starting "
-    "a new line, and _read stops at the first bad line, so every checkpoint written after "
-    "a crash mid-write is invisible",
-)
 async def test_checkpoints_written_after_a_torn_line_are_visible(
     tmp_path: Path, ledger: Ledger
 ) -> None:

@@ -197,22 +197,7 @@ async def test_node_tracking_needs_debug_mode(probe: Probe) -> None:
         probe.started_event("stuck").clear()
 
 
-@pytest.mark.parametrize(
-    "with_output_map",
-    [
-        False,
-        pytest.param(
-            True,
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="engine bug: RunHandle.run evaluates the workflow output after a "
-                "break_on_error stop; an output map that reads the failed node sets "
-                "handle.error to a spurious 'workflow output' error, which "
-                "get_current_state() then reports instead of the breakpoint",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("with_output_map", [False, True])
 async def test_state_of_a_run_stopped_by_break_on_error(with_output_map: bool) -> None:
     workflow = divide_chain(output_map=with_output_map)
     async with DebugExecutor(ExecutionConfig(break_on_error=True)) as executor:

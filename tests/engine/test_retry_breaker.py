@@ -252,11 +252,6 @@ async def test_jittered_delays_stay_within_bounds_and_vary(
     assert len(set(clock.sleeps)) > 1  # jitter actually applied
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: _backoff applies jitter after the max_delay cap, so a retry can "
-    "wait up to max_delay * (1 + jitter)",
-)
 async def test_jitter_never_pushes_a_delay_past_max_delay(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -630,12 +625,6 @@ async def test_nodes_without_a_breaker_never_touch_the_store(
     assert breakers.transitions == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="engine bug: a half-open trial call that is cancelled (run cancelled or run "
-    "timeout) never calls breakers.record, so the breaker stays half-open with its trial "
-    "slot used and refuses every call forever",
-)
 async def test_a_cancelled_trial_call_does_not_wedge_the_breaker(
     clock: FakeClock, service: Service
 ) -> None:
