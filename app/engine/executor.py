@@ -294,7 +294,8 @@ class WorkflowExecutor:
         shared.root = handle
         result = RunResult(run_id, definition.id, RunStatus.RUNNING, started_at=started)
         self._runs[run_id] = shared
-        self._last = shared
+        if effective.debug_mode:  # kept for get_current_state() after the run ends
+            self._last = shared
         try:
             if self._overrides("pre_workflow_hook"):
                 await self.pre_workflow_hook(definition, input_data)
@@ -451,7 +452,12 @@ class WorkflowExecutor:
     def get_current_state(self, run_id: str | None = None) -> DebugState:
         """The state of a run (default: the latest one): the nodes running now, the
         context, what completed. Node tracking needs ``debug_mode``."""
-        shared = self._runs.get(run_id) if run_id else self._last
+        if run_id:
+            shared = self._runs.get(run_id)
+        elif self._last is not None:
+            shared = self._last
+        else:  # the most recent active run
+            shared = next(reversed(self._runs.values()), None)
         if shared is None or shared.root is None:
             return DebugState(None, "idle", None, [], {})
         root = shared.root

@@ -3,8 +3,11 @@ compiled conditions and config templates. Built once per definition and cached o
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pydantic import BaseModel
 
 from app.engine.dsl import NodeSpec, WorkflowDefinition
 from app.engine.expressions import Expression, ValueTemplate, compile_expression
@@ -50,8 +53,34 @@ class CompiledWorkflow:
     output: dict[str, Expression] | None
 
 
-def compile_workflow(definition: WorkflowDefinition) -> CompiledWorkflow:
-    """Compile (once) a definition that ``create_workflow`` has validated."""
+#: the validated empty config of each config model, shared by every node that has one
+_EMPTY_CONFIGS: dict[type[BaseModel], BaseModel] = {}
+
+
+def instantiate(spec: NodeSpec) -> BaseNode:
+    """A node instance for ``spec`` with its validated config model (raises pydantic's
+    ValidationError or UnknownNodeTypeError)."""
+    node_cls = NodeRegistry.get(spec.type)
+    node = node_cls()
+    node.id = spec.id
+    node.spec = spec
+    model = node_cls.config_model
+    if model is not None:
+        if spec.config:
+            node.config = model.model_validate(spec.config)
+        else:  # most nodes of a big graph have no config: share one validated instance
+            empty = _EMPTY_CONFIGS.get(model)
+            if empty is None:
+                empty = _EMPTY_CONFIGS[model] = model.model_validate({})
+            node.config = empty
+    return node
+
+
+def compile_workflow(
+    definition: WorkflowDefinition, instances: Mapping[str, BaseNode] | None = None
+) -> CompiledWorkflow:
+    """Compile (once) a definition that ``create_workflow`` has validated; ``instances``
+    are node instances validation already built, by node id."""
     cached: CompiledWorkflow | None = definition._compiled
     if cached is not None:
         return cached
@@ -66,12 +95,10 @@ def compile_workflow(definition: WorkflowDefinition) -> CompiledWorkflow:
     fallback_targets = {spec.fallback for spec in definition.nodes if spec.fallback}
     nodes: list[CompiledNode] = []
     for i, spec in enumerate(definition.nodes):
-        node_cls = NodeRegistry.get(spec.type)
-        node = node_cls()
-        node.id = spec.id
-        node.spec = spec
-        if node_cls.config_model is not None:
-            node.config = node_cls.config_model.model_validate(spec.config)
+        node = instances.get(spec.id) if instances is not None else None
+        if node is None or node.spec is not spec:
+            node = instantiate(spec)
+        node_cls = type(node)
         standby = spec.id in fallback_targets and not incoming[i] and not outgoing[i]
         sources = [source for _, source in node.expressions()]
         reads: frozenset[str] | None = frozenset()

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from importlib.metadata import entry_points
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from app.engine.config import LIMIT_FIELDS, ExecutionConfig
 from app.engine.dsl import EdgeSpec, NodeSpec, WorkflowDefinition
@@ -20,6 +20,8 @@ from app.engine.errors import (
     WorkflowValidationError,
 )
 from app.engine.expressions import compile_expression, template_expressions
+from app.engine.graph import compile_workflow, instantiate
+from app.engine.node import BaseNode
 from app.engine.registry import NodeRegistry
 
 FORMATS_GROUP = "flowcore.formats"
@@ -108,7 +110,10 @@ def _check(
         ]
     checker = _Checker(limits)
     definition = checker.definition(raw, prefix="", depth=0)
-    return (definition if not checker.issues else None), checker.issues
+    if definition is None or checker.issues:
+        return None, checker.issues
+    compile_workflow(definition, checker.instances)  # reuses the validated instances
+    return definition, []
 
 
 def _too_big(size: int, limits: ExecutionConfig) -> ValidationIssue:
@@ -142,6 +147,8 @@ class _Checker:
         self.issues: list[ValidationIssue] = []
         self.node_count = 0
         self.edge_count = 0
+        #: node instances of the top-level graph, reused when it is compiled
+        self.instances: dict[str, BaseNode] = {}
 
     def add(self, message: str, code: str, **where: str | None) -> None:
         self.issues.append(ValidationIssue(message, code=code, **where))
@@ -382,20 +389,15 @@ class _Checker:
                 self.add(str(exc), "unknown_type", node=node, field="type")
                 ok = False
                 continue
-            model: type[BaseModel] | None = node_cls.config_model
-            instance = node_cls()
-            instance.id = spec.id
-            instance.spec = spec
-            if model is not None:
-                try:
-                    instance.config = model.model_validate(spec.config)
-                except ValidationError as exc:
-                    ok = False
-                    for issue in _issues_from(exc):
-                        self.add(
-                            issue.message, "config", node=node, field=_config_field(issue.field)
-                        )
-                    continue
+            try:
+                instance = instantiate(spec)
+            except ValidationError as exc:
+                ok = False
+                for issue in _issues_from(exc):
+                    self.add(issue.message, "config", node=node, field=_config_field(issue.field))
+                continue
+            if not prefix:
+                self.instances[spec.id] = instance
             skip = node_cls.expression_fields
             for key, value in spec.config.items():
                 if key not in skip:
