@@ -20,6 +20,7 @@ from app.engine import (
     ExecutionConfig,
     FlowcoreError,
     NodeRegistry,
+    WorkflowDefinition,
     WorkflowExecutor,
     WorkflowValidationError,
     create_workflow,
@@ -42,8 +43,9 @@ def format_event(event: Event, limit: int = 160) -> str:
     return f"{event.seq:>5}  {event.type.value:<15} {node:<24} {data}".rstrip()
 
 
-async def _run(args: argparse.Namespace, text: str, out: TextIO) -> int:
-    workflow = create_workflow(text)
+async def _run(args: argparse.Namespace, workflow: WorkflowDefinition, out: TextIO) -> int:
+    if args.loop_check:  # lets tests see which loop actually ran
+        print(f"event loop: {type(asyncio.get_running_loop()).__module__}", file=out)
     input_data = json.loads(args.input) if args.input else {}
     overrides: dict[str, Any] = json.loads(args.config) if args.config else {}
     executor = WorkflowExecutor(ExecutionConfig.model_validate(overrides))
@@ -97,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--loop", choices=["asyncio", "uvloop"], help="event loop (default: the config's policy)"
     )
+    run.add_argument("--loop-check", action="store_true", help=argparse.SUPPRESS)
     validate = sub.add_parser("validate", help="validate a workflow file")
     validate.add_argument("workflow")
     sub.add_parser("nodes", help="list the registered node types")
@@ -108,12 +111,15 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":
+            workflow = create_workflow(Path(args.workflow).read_text(encoding="utf-8"))
+            # precedence as everywhere: the workflow's config < the command line
             policy = args.loop
             if policy is None and args.config:
                 policy = json.loads(args.config).get("event_loop_policy")
+            if policy is None:
+                policy = workflow.config.get("event_loop_policy")
             _event_loop_policy(policy or "asyncio")
-            text = Path(args.workflow).read_text(encoding="utf-8")
-            return asyncio.run(_run(args, text, out))
+            return asyncio.run(_run(args, workflow, out))
         if args.command == "validate":
             return _validate(args, out)
         return _nodes(out)
