@@ -49,6 +49,8 @@ from app.engine.validation import Source, create_workflow
 
 logger = logging.getLogger("flowcore.engine")
 
+_UNSET: Any = object()
+
 __all__ = [
     "ConditionalExecutor",
     "DebugExecutor",
@@ -206,21 +208,35 @@ class WorkflowExecutor:
         *,
         event_sinks: list[EventSink] | None = None,
         variables: dict[str, Any] | None = None,
+        run_id: str | None = None,
+        input_data: Any = _UNSET,
+        config: dict[str, Any] | None = None,
+        event_seq: int = 0,
     ) -> RunResult:
         """Continue the run a checkpoint belongs to: nodes it recorded as finished are
-        not run again; delays sleep only their remaining time; waits wait again."""
+        not run again; delays sleep only their remaining time; waits wait again.
+
+        ``variables`` patches the variables first. ``run_id`` other than the
+        checkpoint's *forks*: a new run starts from the checkpoint's state (its first
+        checkpoint holds everything restored), optionally with new ``input_data``.
+        ``event_seq`` is a floor for the event sequence (a durable log may hold events
+        past the checkpoint's).
+        """
         if checkpoint.definition is None:
             raise CheckpointNotFoundError(f"checkpoint {checkpoint.id!r} holds no definition")
         definition = create_workflow(checkpoint.definition)
+        fork = run_id is not None and run_id != checkpoint.run_id
         return await self._run(
             definition,
-            checkpoint.input,
-            checkpoint.run_id,
-            None,
+            checkpoint.input if input_data is _UNSET else input_data,
+            run_id or checkpoint.run_id,
+            config,
             None,
             event_sinks,
             checkpoint,
             variables,
+            fork=fork,
+            event_seq=event_seq,
         )
 
     def _checkpoints(self) -> CheckpointStore:
@@ -238,6 +254,9 @@ class WorkflowExecutor:
         event_sinks: list[EventSink] | None,
         restore: Checkpoint | None,
         variables_patch: dict[str, Any] | None = None,
+        *,
+        fork: bool = False,
+        event_seq: int = 0,
     ) -> RunResult:
         compiled = compile_workflow(definition)
         effective = self.config.merged(definition.config).merged(config)
@@ -267,9 +286,16 @@ class WorkflowExecutor:
         wctx.run_id = run_id
         wctx.input = input_data
         variables = wctx.variables
-        if restore is not None:
+        if restore is not None and fork:
             variables.update(restore.variables)
-            shared.seq = restore.event_seq
+            shared.restored = dict(restore.completed)
+            shared.fork_seed = dict(restore.completed)
+            shared.restored_pending = {
+                k: v for k, v in restore.pending.items() if v.get("kind") == "delay"
+            }
+        elif restore is not None:
+            variables.update(restore.variables)
+            shared.seq = max(restore.event_seq, event_seq)
             shared.checkpoint_sequence = restore.sequence
             if effective.enable_checkpoints:
                 # resuming from an earlier checkpoint: new records follow the last one
@@ -311,12 +337,14 @@ class WorkflowExecutor:
                         "input": input_data,
                     },
                 )
-            if restore is None:
-                shared.emit(
-                    EventType.RUN_STARTED,
-                    None,
-                    {"workflow_id": definition.id, "version": definition.version},
-                )
+            if restore is None or fork:
+                started_data: dict[str, Any] = {
+                    "workflow_id": definition.id,
+                    "version": definition.version,
+                }
+                if restore is not None:
+                    started_data["forked_from"] = restore.id
+                shared.emit(EventType.RUN_STARTED, None, started_data)
                 handle.checkpoint("running")
             else:
                 shared.emit(EventType.RUN_RESUMED, None, {"checkpoint_id": restore.id})

@@ -117,6 +117,8 @@ class RunShared:
         #: state restored from a checkpoint: node id -> finished node, and pending items
         self.restored: dict[str, NodeCheckpoint] = {}
         self.restored_pending: dict[str, dict[str, Any]] = {}
+        #: a fork's restored nodes, written into its first checkpoint record
+        self.fork_seed: dict[str, NodeCheckpoint] | None = None
         #: the node ids running right now (tracked only in debug mode)
         self.debug = config.debug_mode
         self.current: dict[str, float] = {}
@@ -630,6 +632,9 @@ class RunHandle:
             return
         shared.checkpoint_sequence += 1
         header = shared.checkpoint_header if shared.checkpoint_sequence == 1 else None
+        if shared.fork_seed is not None:  # a fork's chain starts with all it inherited
+            self._delta = {**shared.fork_seed, **self._delta}
+            shared.fork_seed = None
         parent, shared.checkpoint_parent = shared.checkpoint_parent, None
         frontier = [self.records[i].node_id for i in self._ready]
         frontier += [self.records[index].node_id for index, _ in self._tasks.values()]
