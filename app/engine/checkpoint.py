@@ -34,6 +34,8 @@ class NodeCheckpoint:
     error: str | None = None
     error_kind: str | None = None
     attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
 
 
 @dataclass(slots=True)

@@ -565,7 +565,16 @@ class RunHandle:
                 shared.seq += 1 if runner == index else 2
             if self.is_root and shared.checkpoints is not None:
                 self._note_checkpoint(
-                    cn.id, NodeCheckpoint("succeeded", result.output, None, None, record.attempts)
+                    cn.id,
+                    NodeCheckpoint(
+                        "succeeded",
+                        result.output,
+                        None,
+                        None,
+                        record.attempts,
+                        record.started_at,
+                        record.finished_at,
+                    ),
                 )
             self._release(index, True)
             self._maybe_checkpoint()
@@ -602,7 +611,16 @@ class RunHandle:
             self.errors.append(run_error)
             if self.is_root and shared.checkpoints is not None:
                 self._note_checkpoint(
-                    cn.id, NodeCheckpoint("failed", None, error, kind, record.attempts)
+                    cn.id,
+                    NodeCheckpoint(
+                        "failed",
+                        None,
+                        error,
+                        kind,
+                        record.attempts,
+                        record.started_at,
+                        record.finished_at,
+                    ),
                 )
             if self._max_errors is not None and len(self.errors) >= self._max_errors:
                 self._fail(

@@ -1,0 +1,64 @@
+"""Service settings, read once from the environment (prefix ``FLOWCORE_``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from typing import Any
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from app.engine import ExecutionConfig
+
+
+def _default_replica_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Settings(BaseSettings):
+    """Everything the service reads from its environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FLOWCORE_", extra="ignore")
+
+    database_url: str = Field(
+        "sqlite+aiosqlite:///./flowcore.db",
+        description="postgresql+asyncpg://... or sqlite+aiosqlite:///path (the embedded default)",
+    )
+    redis_url: SecretStr | None = None
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    replica_id: str = Field(default_factory=_default_replica_id)
+
+    # the dispatcher
+    dispatcher_enabled: bool = True
+    max_concurrent_runs: int = Field(50, ge=1, description="Runs one replica executes at once.")
+    lease_seconds: float = Field(15.0, gt=0, description="A claimed run's lease.")
+    heartbeat_seconds: float = Field(5.0, gt=0, description="How often leases are extended.")
+    poll_seconds: float = Field(
+        2.0, gt=0, description="Idle dispatcher poll (wake-ups normally come by NOTIFY)."
+    )
+    event_flush_seconds: float = Field(
+        0.1, gt=0, description="Events not yet committed with a checkpoint are flushed this often."
+    )
+
+    # requests
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Request body limit (413).")
+    max_wait_seconds: float = Field(60.0, gt=0, description="Upper bound of ?wait=N.")
+    sse_heartbeat_seconds: float = Field(15.0, gt=0)
+
+    #: execution defaults for every run (FLOWCORE_EXECUTION='{"max_parallel_nodes": 20}')
+    execution: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    def execution_config(self) -> ExecutionConfig:
+        """Service execution defaults; checkpoints are always on in the service."""
+        config = ExecutionConfig.model_validate(self.execution)
+        config.enable_checkpoints = True
+        return config

@@ -1,0 +1,720 @@
+"""``Store``: every database operation of the service, each one named and owning its
+transaction. No session leaves this module.
+
+Run states change only through :data:`TRANSITIONS` with compare-and-set updates, and
+every write made on behalf of a running run is *fenced* on the run's lease (owner and
+epoch): a replica that lost its lease (paused past it, or its run was taken over) writes
+nothing and learns so from :class:`LeaseLost`.
+
+Errors::
+
+    StoreError
+    ├── NotFound
+    ├── IdempotencyConflict     same Idempotency-Key, different request
+    ├── InvalidTransition       e.g. cancelling a finished run
+    └── LeaseLost               a fenced write found another owner or epoch
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
+from app.engine import Event
+from app.engine.checkpoint import CheckpointRecord, NodeCheckpoint
+from app.store.db import db_now, greatest, insert_ignore, is_postgres, sessionmaker
+from app.store.models import CheckpointRow, EventRow, NodeResultRow, Run, SignalRow, WorkflowVersion
+
+NOTIFY_CHANNEL = "flowcore"
+
+#: status -> the statuses a run may move to from it
+TRANSITIONS: dict[str, frozenset[str]] = {
+    "queued": frozenset({"running", "cancelled"}),
+    "running": frozenset({"waiting", "succeeded", "failed", "cancelled", "queued"}),
+    "waiting": frozenset({"running", "succeeded", "failed", "cancelled", "queued"}),
+    "failed": frozenset({"queued"}),
+    "cancelled": frozenset({"queued"}),
+    "succeeded": frozenset(),
+}
+ACTIVE = ("running", "waiting")
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+def sources_of(target: str) -> list[str]:
+    """The statuses from which a run may move to ``target``."""
+    return sorted(s for s, targets in TRANSITIONS.items() if target in targets)
+
+
+class StoreError(Exception):
+    """Base of the store's errors."""
+
+
+class NotFound(StoreError):
+    pass
+
+
+class IdempotencyConflict(StoreError):
+    pass
+
+
+class InvalidTransition(StoreError):
+    pass
+
+
+class LeaseLost(StoreError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """The right to write for a run: who holds it and at which epoch."""
+
+    run_id: str
+    owner: str
+    epoch: int
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Any]
+    next_cursor: str | None
+
+
+class Store:
+    """The service's database operations."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._sessions = sessionmaker(engine)
+        self.postgres = is_postgres(engine)
+        #: called with a notification payload when this process changes the queue
+        #: (SQLite has no LISTEN/NOTIFY; on Postgres the listener calls it too)
+        self.local_listeners: list[Callable[[str], None]] = []
+
+    def _session(self) -> AsyncSession:
+        return self._sessions()
+
+    async def _notify(self, session: AsyncSession, payload: str) -> None:
+        if self.postgres:  # delivered to every listener when the transaction commits
+            await session.execute(
+                text("SELECT pg_notify(:channel, :payload)"),
+                {"channel": NOTIFY_CHANNEL, "payload": payload},
+            )
+
+    def _notify_local(self, payload: str) -> None:
+        for listener in self.local_listeners:
+            listener(payload)
+
+    async def now(self) -> float:
+        async with self._session() as session:
+            return float((await session.execute(select(db_now(self.engine)))).scalar_one())
+
+    # ------------------------------------------------------------------ workflows
+
+    async def create_workflow_version(
+        self, workflow_id: str, name: str | None, definition: dict[str, Any]
+    ) -> WorkflowVersion:
+        """Store ``definition`` as the next version of ``workflow_id``."""
+        for _ in range(5):  # two writers racing for the same version number: retry
+            async with self._session() as session:
+                latest = (
+                    await session.execute(
+                        select(func.max(WorkflowVersion.version)).where(
+                            WorkflowVersion.workflow_id == workflow_id
+                        )
+                    )
+                ).scalar_one()
+                version = (latest or 0) + 1
+                row = WorkflowVersion(
+                    workflow_id=workflow_id,
+                    version=version,
+                    name=name,
+                    definition={**definition, "version": version},
+                    created_at=time.time(),
+                    archived=False,
+                )
+                session.add(row)
+                try:
+                    await session.commit()
+                except IntegrityError:
+                    await session.rollback()
+                    continue
+                return row
+        raise StoreError(f"could not allocate a version of workflow {workflow_id!r}")
+
+    async def get_workflow(
+        self, workflow_id: str, version: int | None = None, *, include_archived: bool = False
+    ) -> WorkflowVersion | None:
+        async with self._session() as session:
+            query = select(WorkflowVersion).where(WorkflowVersion.workflow_id == workflow_id)
+            if version is not None:
+                query = query.where(WorkflowVersion.version == version)
+            else:
+                query = query.order_by(WorkflowVersion.version.desc()).limit(1)
+            row = (await session.execute(query)).scalar_one_or_none()
+            if row is None or (row.archived and not include_archived and version is None):
+                return None
+            return row
+
+    async def list_workflows(self, cursor: str | None, limit: int) -> Page:
+        """The latest version of each workflow, by id, ``limit`` at a time."""
+        async with self._session() as session:
+            latest = (
+                select(
+                    WorkflowVersion.workflow_id,
+                    func.max(WorkflowVersion.version).label("version"),
+                )
+                .group_by(WorkflowVersion.workflow_id)
+                .subquery()
+            )
+            query = (
+                select(WorkflowVersion)
+                .join(
+                    latest,
+                    and_(
+                        WorkflowVersion.workflow_id == latest.c.workflow_id,
+                        WorkflowVersion.version == latest.c.version,
+                    ),
+                )
+                .where(WorkflowVersion.archived.is_(False))
+                .order_by(WorkflowVersion.workflow_id)
+                .limit(limit + 1)
+            )
+            if cursor:
+                query = query.where(WorkflowVersion.workflow_id > cursor)
+            rows = list((await session.execute(query)).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, rows[-1].workflow_id if more else None)
+
+    async def list_versions(self, workflow_id: str) -> list[WorkflowVersion]:
+        async with self._session() as session:
+            query = (
+                select(WorkflowVersion)
+                .where(WorkflowVersion.workflow_id == workflow_id)
+                .order_by(WorkflowVersion.version)
+            )
+            return list((await session.execute(query)).scalars())
+
+    async def archive_workflow(self, workflow_id: str) -> bool:
+        """Archive every version (runs already started keep their pinned version)."""
+        async with self._session() as session:
+            result = await session.execute(
+                update(WorkflowVersion)
+                .where(WorkflowVersion.workflow_id == workflow_id)
+                .values(archived=True)
+            )
+            await session.commit()
+            return bool(_rowcount(result))
+
+    # ----------------------------------------------------------------------- runs
+
+    async def create_run(
+        self,
+        run_id: str,
+        workflow: WorkflowVersion,
+        input: Any,
+        config: dict[str, Any] | None,
+        idempotency_key: str | None,
+        request_hash: str | None,
+        *,
+        fork_of: str | None = None,
+        vars_patch: dict[str, Any] | None = None,
+    ) -> tuple[Run, bool]:
+        """Queue a run. With an idempotency key already used: the same request returns
+        the existing run (``created`` False), a different one raises IdempotencyConflict."""
+        now = time.time()
+        row = Run(
+            id=run_id,
+            workflow_id=workflow.workflow_id,
+            workflow_version=workflow.version,
+            status="queued",
+            input=input,
+            config=config,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            created_at=now,
+            updated_at=now,
+            epoch=0,
+            claims=0,
+            event_seq=0,
+            checkpoint_seq=0,
+            fork_of=fork_of,
+            vars_patch=vars_patch,
+            cancel_requested=False,
+        )
+        async with self._session() as session:
+            session.add(row)
+            await self._notify(session, f"run:{run_id}")
+            try:
+                await session.commit()
+            except IntegrityError:
+                await session.rollback()
+                if idempotency_key is None:
+                    raise
+                existing = (
+                    await session.execute(select(Run).where(Run.idempotency_key == idempotency_key))
+                ).scalar_one_or_none()
+                if existing is None:
+                    raise
+                if existing.request_hash != request_hash:
+                    raise IdempotencyConflict(
+                        f"Idempotency-Key {idempotency_key!r} was used for a different request "
+                        f"(run {existing.id})"
+                    ) from None
+                return existing, False
+        self._notify_local(f"run:{run_id}")
+        return row, True
+
+    async def get_run(self, run_id: str) -> Run | None:
+        async with self._session() as session:
+            return await session.get(Run, run_id)
+
+    async def list_runs(
+        self,
+        *,
+        workflow_id: str | None,
+        status: str | None,
+        cursor: str | None,
+        limit: int,
+    ) -> Page:
+        """Runs, newest first; the cursor is ``<created_at>:<id>`` of the last one seen."""
+        async with self._session() as session:
+            query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)
+            if workflow_id is not None:
+                query = query.where(Run.workflow_id == workflow_id)
+            if status is not None:
+                query = query.where(Run.status == status)
+            if cursor:
+                created, _, last_id = cursor.partition(":")
+                try:
+                    created_at = float(created)
+                except ValueError:
+                    raise NotFound(f"bad cursor {cursor!r}") from None
+                query = query.where(
+                    or_(
+                        Run.created_at < created_at,
+                        and_(Run.created_at == created_at, Run.id < last_id),
+                    )
+                )
+            rows = list((await session.execute(query)).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        cursor_out = f"{rows[-1].created_at!r}:{rows[-1].id}" if more else None
+        return Page(rows, cursor_out)
+
+    async def request_cancel(self, run_id: str) -> Run:
+        """A queued run is cancelled at once; an active one is flagged for its replica."""
+        async with self._session() as session:
+            run = await session.get(Run, run_id, with_for_update=True)
+            if run is None:
+                raise NotFound(f"no run {run_id!r}")
+            if run.status == "queued":
+                run.status = "cancelled"
+                run.finished_at = time.time()
+                run.error = {"message": "the run was cancelled", "kind": "cancelled"}
+            elif run.status in ACTIVE:
+                run.cancel_requested = True
+            else:
+                raise InvalidTransition(f"run {run_id!r} is {run.status}; it cannot be cancelled")
+            run.updated_at = time.time()
+            await self._notify(session, f"ctl:{run_id}")
+            await session.commit()
+        self._notify_local(f"ctl:{run_id}")
+        return run
+
+    async def add_signal(self, run_id: str, name: str, payload: Any) -> Run:
+        async with self._session() as session:
+            run = await session.get(Run, run_id)
+            if run is None:
+                raise NotFound(f"no run {run_id!r}")
+            if run.status in TERMINAL:
+                raise InvalidTransition(f"run {run_id!r} is {run.status}; it takes no signals")
+            session.add(
+                SignalRow(
+                    run_id=run_id,
+                    name=name,
+                    payload=payload,
+                    created_at=time.time(),
+                    delivered=False,
+                )
+            )
+            await self._notify(session, f"ctl:{run_id}")
+            await session.commit()
+        self._notify_local(f"ctl:{run_id}")
+        return run
+
+    async def take_signals(self, run_ids: Sequence[str]) -> list[SignalRow]:
+        """Undelivered signals of these runs, marked delivered (in arrival order)."""
+        if not run_ids:
+            return []
+        async with self._session() as session:
+            rows = list(
+                (
+                    await session.execute(
+                        select(SignalRow)
+                        .where(SignalRow.run_id.in_(run_ids), SignalRow.delivered.is_(False))
+                        .order_by(SignalRow.id)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).scalars()
+            )
+            for row in rows:
+                row.delivered = True
+            await session.commit()
+            return rows
+
+    async def queue_resume(
+        self, run_id: str, checkpoint_id: str, vars_patch: dict[str, Any] | None
+    ) -> Run:
+        """Queue a run to continue from one of its checkpoints. Whoever holds it now is
+        fenced out (the epoch moves on)."""
+        async with self._session() as session:
+            run = await session.get(Run, run_id, with_for_update=True)
+            if run is None:
+                raise NotFound(f"no run {run_id!r}")
+            if "queued" not in TRANSITIONS[run.status]:
+                raise InvalidTransition(
+                    f"run {run_id!r} is {run.status}; only failed, cancelled, waiting or "
+                    "interrupted runs can be resumed in place (fork a finished one)"
+                )
+            run.status = "queued"
+            run.resume_from = checkpoint_id
+            run.vars_patch = vars_patch
+            run.owner = None
+            run.lease_until = None
+            run.epoch = run.epoch + 1
+            run.cancel_requested = False
+            run.error = None
+            run.finished_at = None
+            run.updated_at = time.time()
+            await self._notify(session, f"run:{run_id}")
+            await session.commit()
+        self._notify_local(f"run:{run_id}")
+        return run
+
+    # ----------------------------------------------------------------- dispatcher
+
+    async def claim_runs(self, owner: str, lease_seconds: float, limit: int) -> list[Run]:
+        """Claim up to ``limit`` runs: queued ones, and active ones whose lease expired.
+        ``FOR UPDATE SKIP LOCKED`` keeps replicas from claiming the same run."""
+        if limit <= 0:
+            return []
+        now = db_now(self.engine)
+        async with self._session() as session:
+            ids = list(
+                (
+                    await session.execute(
+                        select(Run.id)
+                        .where(
+                            or_(
+                                Run.status == "queued",
+                                and_(Run.status.in_(ACTIVE), Run.lease_until < now),
+                            )
+                        )
+                        .order_by(Run.created_at)
+                        .limit(limit)
+                        .with_for_update(skip_locked=True)
+                    )
+                ).scalars()
+            )
+            if not ids:
+                await session.rollback()
+                return []
+            claimed = list(
+                (
+                    await session.execute(
+                        update(Run)
+                        .where(Run.id.in_(ids))
+                        .values(
+                            status="running",
+                            owner=owner,
+                            lease_until=now + lease_seconds,
+                            epoch=Run.epoch + 1,
+                            claims=Run.claims + 1,
+                            started_at=func.coalesce(Run.started_at, now),
+                            updated_at=now,
+                        )
+                        .returning(Run)
+                    )
+                ).scalars()
+            )
+            await session.commit()
+            return claimed
+
+    async def heartbeat(
+        self, owner: str, leases: Iterable[Lease], lease_seconds: float
+    ) -> tuple[list[str], list[str]]:
+        """Extend these leases. Returns the runs whose lease was lost and the runs whose
+        cancellation was requested."""
+        leases = list(leases)
+        if not leases:
+            return [], []
+        now = db_now(self.engine)
+        lost: list[str] = []
+        async with self._session() as session:
+            for lease in leases:
+                result = await session.execute(
+                    update(Run)
+                    .where(
+                        Run.id == lease.run_id,
+                        Run.owner == owner,
+                        Run.epoch == lease.epoch,
+                        Run.status.in_(ACTIVE),
+                    )
+                    .values(lease_until=now + lease_seconds)
+                )
+                if not _rowcount(result):
+                    lost.append(lease.run_id)
+            cancel = list(
+                (
+                    await session.execute(
+                        select(Run.id).where(
+                            Run.id.in_([lease.run_id for lease in leases]),
+                            Run.cancel_requested.is_(True),
+                        )
+                    )
+                ).scalars()
+            )
+            await session.commit()
+        return lost, cancel
+
+    async def cancel_requested(self, run_id: str) -> bool:
+        async with self._session() as session:
+            value = (
+                await session.execute(select(Run.cancel_requested).where(Run.id == run_id))
+            ).scalar_one_or_none()
+            return bool(value)
+
+    async def release_runs(self, owner: str, run_ids: Sequence[str] | None = None) -> int:
+        """Give runs back to the queue (shutdown): another replica resumes them from their
+        last checkpoint at once."""
+        async with self._session() as session:
+            query = update(Run).where(Run.owner == owner, Run.status.in_(ACTIVE))
+            if run_ids is not None:
+                query = query.where(Run.id.in_(list(run_ids)))
+            result = await session.execute(
+                query.values(
+                    status="queued",
+                    owner=None,
+                    lease_until=None,
+                    epoch=Run.epoch + 1,
+                    updated_at=time.time(),
+                )
+            )
+            await self._notify(session, "run:released")
+            await session.commit()
+        self._notify_local("run:released")
+        return _rowcount(result)
+
+    # ------------------------------------------------------------ fenced progress
+
+    async def commit_progress(
+        self,
+        lease: Lease,
+        records: Sequence[CheckpointRecord],
+        events: Sequence[Event],
+        *,
+        status: str | None = None,
+        current_nodes: list[str] | None = None,
+    ) -> None:
+        """One transaction: checkpoint records, the node results they carry and events,
+        fenced on the lease. Raises LeaseLost (and writes nothing) if the lease moved."""
+        now = time.time()
+        values: dict[str, Any] = {"updated_at": now}
+        if events:
+            values["event_seq"] = greatest(self.engine, Run.event_seq, events[-1].seq)
+        if records:
+            values["checkpoint_seq"] = records[-1].sequence
+        if current_nodes is not None:
+            values["current_nodes"] = current_nodes
+        if status is not None:
+            values["status"] = status
+        async with self._session() as session:
+            result = await session.execute(
+                update(Run)
+                .where(
+                    Run.id == lease.run_id,
+                    Run.owner == lease.owner,
+                    Run.epoch == lease.epoch,
+                    Run.status.in_(ACTIVE),
+                )
+                .values(**values)
+            )
+            if not _rowcount(result):
+                await session.rollback()
+                raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
+            if records:
+                await session.execute(
+                    insert_ignore(self.engine, CheckpointRow)
+                    .values(
+                        [
+                            {
+                                "run_id": r.run_id,
+                                "sequence": r.sequence,
+                                "parent": r.parent,
+                                "status": r.status,
+                                "event_seq": r.event_seq,
+                                "created_at": r.created_at,
+                                "record": _record_json(r),
+                            }
+                            for r in records
+                        ]
+                    )
+                    .on_conflict_do_nothing()
+                )
+                results = [
+                    _node_result_row(lease.run_id, node_id, state, now)
+                    for r in records
+                    for node_id, state in r.completed.items()
+                ]
+                if results:
+                    await session.execute(
+                        insert_ignore(self.engine, NodeResultRow)
+                        .values(results)
+                        .on_conflict_do_nothing()
+                    )
+            if events:
+                await session.execute(
+                    insert_ignore(self.engine, EventRow)
+                    .values(
+                        [
+                            {
+                                "run_id": lease.run_id,
+                                "seq": e.seq,
+                                "type": e.type.value,
+                                "node_id": e.node_id,
+                                "data": e.data,
+                                "created_at": e.timestamp,
+                            }
+                            for e in events
+                        ]
+                    )
+                    .on_conflict_do_nothing()
+                )
+            await session.commit()
+
+    async def finish_run(
+        self, lease: Lease, status: str, output: Any, error: dict[str, Any] | None
+    ) -> None:
+        """Record the outcome and drop the lease (fenced)."""
+        if status not in TERMINAL and status != "waiting":
+            raise InvalidTransition(f"{status!r} is not an outcome")
+        async with self._session() as session:
+            result = await session.execute(
+                update(Run)
+                .where(
+                    Run.id == lease.run_id,
+                    Run.owner == lease.owner,
+                    Run.epoch == lease.epoch,
+                    Run.status.in_(sources_of(status)),
+                )
+                .values(
+                    status=status,
+                    output=output,
+                    error=error,
+                    finished_at=time.time() if status in TERMINAL else None,
+                    owner=None if status in TERMINAL else lease.owner,
+                    lease_until=None if status in TERMINAL else Run.lease_until,
+                    cancel_requested=False,
+                    resume_from=None,
+                    fork_of=None,
+                    vars_patch=None,
+                    current_nodes=[],
+                    updated_at=time.time(),
+                )
+            )
+            if not _rowcount(result):
+                await session.rollback()
+                raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
+            await self._notify(session, f"done:{lease.run_id}")
+            await session.commit()
+        self._notify_local(f"done:{lease.run_id}")
+
+    # ---------------------------------------------------------------------- reads
+
+    async def events_after(self, run_id: str, after_seq: int, limit: int = 500) -> list[EventRow]:
+        async with self._session() as session:
+            query = (
+                select(EventRow)
+                .where(EventRow.run_id == run_id, EventRow.seq > after_seq)
+                .order_by(EventRow.seq)
+                .limit(limit)
+            )
+            return list((await session.execute(query)).scalars())
+
+    async def last_event_seq(self, run_id: str) -> int:
+        async with self._session() as session:
+            value = (
+                await session.execute(
+                    select(func.max(EventRow.seq)).where(EventRow.run_id == run_id)
+                )
+            ).scalar_one()
+            return int(value or 0)
+
+    async def checkpoints(self, run_id: str) -> list[CheckpointRow]:
+        async with self._session() as session:
+            query = (
+                select(CheckpointRow)
+                .where(CheckpointRow.run_id == run_id)
+                .order_by(CheckpointRow.sequence)
+            )
+            return list((await session.execute(query)).scalars())
+
+    async def checkpoint(self, run_id: str, sequence: int) -> CheckpointRow | None:
+        async with self._session() as session:
+            return await session.get(CheckpointRow, (run_id, sequence))
+
+    async def checkpoint_records(self, run_id: str) -> list[CheckpointRecord]:
+        return [_record_from(row.record) for row in await self.checkpoints(run_id)]
+
+    async def node_results(self, run_id: str) -> list[NodeResultRow]:
+        async with self._session() as session:
+            query = (
+                select(NodeResultRow)
+                .where(NodeResultRow.run_id == run_id)
+                .order_by(NodeResultRow.committed_at, NodeResultRow.node_id)
+            )
+            return list((await session.execute(query)).scalars())
+
+
+def _rowcount(result: Any) -> int:
+    """Rows an UPDATE matched (a CursorResult's rowcount)."""
+    return int(result.rowcount or 0)
+
+
+def _record_json(record: CheckpointRecord) -> dict[str, Any]:
+    import json
+
+    data: dict[str, Any] = json.loads(record.to_json())
+    return data
+
+
+def _record_from(data: dict[str, Any]) -> CheckpointRecord:
+    data = dict(data)
+    data["completed"] = {k: NodeCheckpoint(**v) for k, v in data["completed"].items()}
+    return CheckpointRecord(**data)
+
+
+def _node_result_row(
+    run_id: str, node_id: str, state: NodeCheckpoint, now: float
+) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "node_id": node_id,
+        "iteration": 0,
+        "status": state.status,
+        "output": state.output,
+        "error": state.error,
+        "error_kind": state.error_kind,
+        "attempts": state.attempts,
+        "started_at": state.started_at,
+        "finished_at": state.finished_at,
+        "committed_at": now,
+    }
