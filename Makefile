@@ -1,4 +1,4 @@
-# Two commands a new user needs: `make run` (install + run an example) and `make test`.
+# Two commands a new user needs: `make serve` (install, migrate, serve) and `make test`.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 EXAMPLE ?= examples/order-pipeline.json
 INPUT   ?= {"order_id": "A-1001", "items": [{"sku": "pen", "qty": 3, "price": 2.5}, {"sku": "ink", "qty": 1, "price": 12.0}]}
 
-.PHONY: install dev run test lint typecheck bench clean
+.PHONY: install dev serve run test lint typecheck bench clean
 
 $(UV):
 	$(PYTHON) -m venv $(VENV)
@@ -18,6 +18,9 @@ install: $(UV)  ## runtime dependencies only, from the lock file
 
 dev: $(UV)  ## runtime + dev dependencies, from the lock file
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --quiet
+
+serve: install  ## migrate the embedded database and serve the API on http://127.0.0.1:8000
+	$(BIN)/flowcore serve
 
 run: install  ## run an example workflow, printing every event as it happens
 	$(BIN)/flowcore run $(EXAMPLE) --input '$(INPUT)'

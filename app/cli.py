@@ -103,7 +103,41 @@ def build_parser() -> argparse.ArgumentParser:
     validate = sub.add_parser("validate", help="validate a workflow file")
     validate.add_argument("workflow")
     sub.add_parser("nodes", help="list the registered node types")
+    sub.add_parser("migrate", help="migrate the database (FLOWCORE_DATABASE_URL) to head")
+    serve = sub.add_parser("serve", help="migrate the database, then serve the HTTP API")
+    serve.add_argument("--host", help="default FLOWCORE_HOST or 127.0.0.1")
+    serve.add_argument("--port", type=int, help="default FLOWCORE_PORT or 8000")
+    serve.add_argument("--no-migrate", action="store_true", help="skip the migration step")
+    serve.add_argument("--workers", type=int, default=1, help="uvicorn worker processes")
     return parser
+
+
+def _migrate() -> int:
+    from app.config import Settings
+    from app.store.migrate import upgrade
+
+    upgrade(Settings().database_url)
+    return EXIT_OK
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from app.config import Settings
+
+    settings = Settings()
+    if not args.no_migrate:
+        _migrate()
+    uvicorn.run(
+        "app.main:create_app",
+        factory=True,
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        workers=args.workers,
+        loop="uvloop",
+        log_level="info",
+    )
+    return EXIT_OK
 
 
 def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
@@ -122,6 +156,10 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None) -> int:
             return asyncio.run(_run(args, workflow, out))
         if args.command == "validate":
             return _validate(args, out)
+        if args.command == "migrate":
+            return _migrate()
+        if args.command == "serve":
+            return _serve(args)
         return _nodes(out)
     except WorkflowValidationError as exc:
         print(str(exc), file=sys.stderr)

@@ -146,6 +146,7 @@ class WorkflowExecutor:
         self.memory_store: MemoryStore = memory_store or InMemoryMemoryStore()
         self._runs: dict[str, RunShared] = {}
         self._last: RunShared | None = None
+        self._early_signals: dict[str, list[tuple[str, Any]]] = {}
 
     # --------------------------------------------------------------------- hooks
 
@@ -320,6 +321,8 @@ class WorkflowExecutor:
         shared.root = handle
         result = RunResult(run_id, definition.id, RunStatus.RUNNING, started_at=started)
         self._runs[run_id] = shared
+        for name, payload in self._early_signals.pop(run_id, ()):
+            shared.signal(name, payload)
         if effective.debug_mode:  # kept for get_current_state() after the run ends
             self._last = shared
         try:
@@ -466,9 +469,14 @@ class WorkflowExecutor:
         assert shared.root is not None
         shared.root.cancel()
 
-    def signal(self, run_id: str, name: str, payload: Any = None) -> None:
+    def signal(self, run_id: str, name: str, payload: Any = None, *, early: bool = False) -> None:
         """Deliver ``payload`` to the run's ``wait`` node waiting for ``name`` (or keep it
-        for the first one that will)."""
+        for the first one that will). With ``early``, a signal for a run that has not
+        started yet is kept for it instead of raising RunNotFoundError."""
+        shared = self._runs.get(run_id)
+        if shared is None and early:
+            self._early_signals.setdefault(run_id, []).append((name, payload))
+            return
         self._shared(run_id).signal(name, payload)
 
     def status(self, run_id: str) -> RunStatus:

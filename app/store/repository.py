@@ -12,6 +12,7 @@ Errors::
     ├── NotFound
     ├── IdempotencyConflict     same Idempotency-Key, different request
     ├── InvalidTransition       e.g. cancelling a finished run
+    ├── InvalidCursor           a paging cursor this store did not hand out
     └── LeaseLost               a fenced write found another owner or epoch
 """
 
@@ -71,6 +72,10 @@ class LeaseLost(StoreError):
     pass
 
 
+class InvalidCursor(StoreError):
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class Lease:
     """The right to write for a run: who holds it and at which epoch."""
@@ -106,6 +111,10 @@ class Store:
                 text("SELECT pg_notify(:channel, :payload)"),
                 {"channel": NOTIFY_CHANNEL, "payload": payload},
             )
+
+    def dispatch_notification(self, payload: str) -> None:
+        """Hand a notification (local, or from LISTEN) to this process's listeners."""
+        self._notify_local(payload)
 
     def _notify_local(self, payload: str) -> None:
         for listener in self.local_listeners:
@@ -272,6 +281,12 @@ class Store:
         self._notify_local(f"run:{run_id}")
         return row, True
 
+    async def run_by_idempotency_key(self, key: str) -> Run | None:
+        async with self._session() as session:
+            return (
+                await session.execute(select(Run).where(Run.idempotency_key == key))
+            ).scalar_one_or_none()
+
     async def get_run(self, run_id: str) -> Run | None:
         async with self._session() as session:
             return await session.get(Run, run_id)
@@ -296,7 +311,7 @@ class Store:
                 try:
                     created_at = float(created)
                 except ValueError:
-                    raise NotFound(f"bad cursor {cursor!r}") from None
+                    raise InvalidCursor(f"bad cursor {cursor!r}") from None
                 query = query.where(
                     or_(
                         Run.created_at < created_at,
@@ -620,8 +635,10 @@ class Store:
                     output=output,
                     error=error,
                     finished_at=time.time() if status in TERMINAL else None,
-                    owner=None if status in TERMINAL else lease.owner,
-                    lease_until=None if status in TERMINAL else Run.lease_until,
+                    # a run stopped waiting (break_on_error) has nothing running: it is
+                    # not leased, and waits for a resume request
+                    owner=None,
+                    lease_until=None,
                     cancel_requested=False,
                     resume_from=None,
                     fork_of=None,

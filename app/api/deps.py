@@ -1,0 +1,34 @@
+"""What request handlers get from the composition root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.bus import LocalEventBus
+from app.config import Settings
+from app.engine import ExecutionConfig
+from app.runtime.dispatcher import Dispatcher
+from app.store.repository import Store
+
+
+@dataclass(slots=True)
+class Services:
+    """Everything the app wires at startup (see app.main)."""
+
+    settings: Settings
+    store: Store
+    bus: LocalEventBus
+    limits: ExecutionConfig
+    dispatcher: Dispatcher | None
+    migrations_head: str | None = None
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]

@@ -1,0 +1,175 @@
+"""A run's events: server-sent events that replay the durable log and then tail live,
+or the list as JSON.
+
+The stream subscribes to the live bus *before* it reads the log, then yields events
+strictly in sequence order: from the log, then from the live subscription, holding back
+live events that run ahead of the log until the log catches up (so there is no gap and no
+duplicate, whichever replica executes the run). When the live subscription overflows
+(a slow client) or the run executes on another replica, the log alone carries the
+stream, polled every ``POLL`` seconds. ``id:`` is the event's sequence number, so a
+reconnecting EventSource sends ``Last-Event-ID`` and resumes exactly after it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import StreamingResponse
+
+from app.api.deps import Services, ServicesDep
+from app.api.errors import not_found
+from app.api.schemas import EventOut
+from app.engine import Event
+from app.engine.events import TERMINAL_EVENTS
+from app.store.models import EventRow
+from app.store.repository import TERMINAL
+
+router = APIRouter(tags=["events"])
+
+POLL = 0.25
+TERMINAL_TYPES = frozenset(t.value for t in TERMINAL_EVENTS)
+
+
+def _event_json(run_id: str, seq: int, type: str, node_id: str | None, data: Any, ts: float) -> str:
+    return json.dumps(
+        {
+            "seq": seq,
+            "type": type,
+            "run_id": run_id,
+            "node_id": node_id,
+            "data": data,
+            "timestamp": ts,
+        },
+        separators=(",", ":"),
+        default=str,
+    )
+
+
+def _frame(seq: int, type: str, payload: str) -> bytes:
+    return f"id: {seq}\nevent: {type}\ndata: {payload}\n\n".encode()
+
+
+def _from_row(row: EventRow) -> tuple[int, str, bytes]:
+    payload = _event_json(row.run_id, row.seq, row.type, row.node_id, row.data, row.created_at)
+    return row.seq, row.type, _frame(row.seq, row.type, payload)
+
+
+def _from_event(event: Event) -> tuple[int, str, bytes]:
+    payload = _event_json(
+        event.run_id, event.seq, event.type.value, event.node_id, event.data, event.timestamp
+    )
+    return event.seq, event.type.value, _frame(event.seq, event.type.value, payload)
+
+
+async def stream_events(
+    services: Services, run_id: str, after: int, request: Request | None = None
+) -> AsyncIterator[bytes]:
+    """SSE frames of ``run_id`` after sequence ``after``, ending after the terminal one."""
+    subscription = services.bus.subscribe(run_id)
+    heartbeat = services.settings.sse_heartbeat_seconds
+    loop = asyncio.get_running_loop()
+    last = after
+    ahead: dict[int, tuple[int, str, bytes]] = {}  # live events past the log's end
+    idle_since = loop.time()
+    try:
+        yield b": stream open\n\n"
+        while True:
+            progressed = False
+            for row in await services.store.events_after(run_id, last):
+                seq, type_, frame = _from_row(row)
+                if seq != last + 1:
+                    break  # a hole the writer has not filled yet: wait for it
+                yield frame
+                last = seq
+                progressed = True
+                if type_ in TERMINAL_TYPES:
+                    return
+            while last + 1 in ahead:
+                seq, type_, frame = ahead.pop(last + 1)
+                yield frame
+                last = seq
+                progressed = True
+                if type_ in TERMINAL_TYPES:
+                    return
+            if not progressed and last == after:
+                run = await services.store.get_run(run_id)
+                if run is None:
+                    return
+                if run.status in TERMINAL and await services.store.last_event_seq(run_id) <= last:
+                    return  # nothing more will come (a run cancelled while queued)
+            # wait for live events (or poll the log)
+            event = await subscription.get(POLL)
+            while event is not None:
+                if event.seq > last:
+                    ahead[event.seq] = _from_event(event)
+                event = subscription.queue.get_nowait() if not subscription.queue.empty() else None
+            while last + 1 in ahead:
+                seq, type_, frame = ahead.pop(last + 1)
+                yield frame
+                last = seq
+                idle_since = loop.time()
+                if type_ in TERMINAL_TYPES:
+                    return
+            if progressed:
+                idle_since = loop.time()
+            elif loop.time() - idle_since >= heartbeat:
+                yield b": keepalive\n\n"
+                idle_since = loop.time()
+            if request is not None and await request.is_disconnected():
+                return
+    finally:
+        subscription.close()
+
+
+@router.get(
+    "/v1/runs/{run_id}/events",
+    response_model=list[EventOut],
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def events(
+    run_id: str,
+    request: Request,
+    services: ServicesDep,
+    accept: Annotated[str | None, Header()] = None,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0, description="Start after this sequence.")] = None,
+    last_event_id_query: Annotated[
+        int | None, Query(alias="lastEventId", ge=0, description="Last-Event-ID as a query.")
+    ] = None,
+) -> Any:
+    """Server-sent events (``Accept: text/event-stream``, the default) or the logged events
+    as a JSON list (``Accept: application/json``)."""
+    run = await services.store.get_run(run_id)
+    if run is None:
+        raise not_found(f"no run {run_id!r}")
+    start = after or last_event_id_query or 0
+    if last_event_id:
+        try:
+            start = int(last_event_id.split(".")[0])
+        except ValueError:
+            start = 0
+    wants_json = (
+        accept is not None and "application/json" in accept and ("text/event-stream" not in accept)
+    )
+    if wants_json:
+        rows = await services.store.events_after(run_id, start, limit=10_000)
+        return [
+            EventOut(
+                seq=r.seq,
+                type=r.type,
+                run_id=r.run_id,
+                node_id=r.node_id,
+                data=r.data,
+                timestamp=r.created_at,
+            )
+            for r in rows
+        ]
+    return StreamingResponse(
+        stream_events(services, run_id, start, request),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

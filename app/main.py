@@ -1,0 +1,110 @@
+"""``create_app(settings)``: the composition root. It wires settings, store, bus and
+dispatcher in a typed lifespan; nothing is built at import time."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.api import checkpoints, events, health, runs, workflows
+from app.api.deps import Services
+from app.api.errors import install as install_errors
+from app.api.errors import problem
+from app.bus import LocalEventBus
+from app.config import Settings
+from app.engine import ExecutionConfig
+from app.runtime.dispatcher import Dispatcher
+from app.store.db import create_engine
+from app.store.repository import Store
+
+
+class BodyLimit:
+    """Refuses request bodies over ``limit`` bytes with a 413, whether announced by
+    Content-Length or streamed in chunks."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                await self._too_large(scope, receive, send)
+                return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counting_receive, send)
+        except _TooLarge:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(
+            413,
+            "payload-too-large",
+            "Payload too large",
+            f"the request body exceeds {self.limit} bytes",
+            scope.get("path"),
+        )
+        await response(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_engine(
+            settings.database_url, settings.db_pool_size, settings.db_max_overflow
+        )
+        store = Store(engine)
+        bus = LocalEventBus()
+        limits = ExecutionConfig()
+        dispatcher = Dispatcher(settings, store, bus) if settings.dispatcher_enabled else None
+        app.state.services = Services(
+            settings=settings,
+            store=store,
+            bus=bus,
+            limits=limits,
+            dispatcher=dispatcher,
+            migrations_head=health.migrations_head(),
+        )
+        if dispatcher is not None:
+            await dispatcher.start()
+        try:
+            yield
+        finally:
+            if dispatcher is not None:
+                await dispatcher.stop()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Flowcore",
+        version="0.1.0",
+        summary="Durable workflow execution: JSON DAGs, live events, resume from any checkpoint.",
+        lifespan=lifespan,
+    )
+    install_errors(app)
+    for router in (workflows.router, runs.router, events.router, checkpoints.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    return app

@@ -1,0 +1,329 @@
+"""The dispatcher every replica runs: it claims queued runs (and runs whose lease
+expired), executes them on the engine with a durable journal, keeps their leases alive,
+delivers cancellations and signals, and gives its runs back on shutdown.
+
+Idle dispatchers are woken by notifications — Postgres ``LISTEN/NOTIFY`` across
+replicas, in-process callbacks on SQLite — and otherwise poll every ``poll_seconds``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from app.bus import LocalEventBus
+from app.config import Settings
+from app.engine import (
+    EventSink,
+    ExecutionConfig,
+    FlowcoreError,
+    RunResult,
+    WorkflowDefinition,
+    WorkflowExecutor,
+    WorkflowNotFoundError,
+    create_workflow,
+)
+from app.engine.cache import InMemoryCache
+from app.engine.checkpoint import Checkpoint, fold
+from app.engine.checkpoint import chain_to as checkpoint_chain
+from app.engine.memory import InMemoryMemoryStore
+from app.runtime.journal import RunJournal
+from app.store.models import Run
+from app.store.repository import NOTIFY_CHANNEL, Lease, LeaseLost, Store
+
+logger = logging.getLogger("flowcore.runtime")
+
+
+class StoreWorkflowResolver:
+    """``subworkflow`` nodes find their workflows in the store."""
+
+    def __init__(self, store: Store, limits: ExecutionConfig) -> None:
+        self.store = store
+        self.limits = limits
+
+    async def get_workflow(
+        self, workflow_id: str, version: int | None = None
+    ) -> WorkflowDefinition:
+        row = await self.store.get_workflow(workflow_id, version)
+        if row is None:
+            where = f" version {version}" if version is not None else ""
+            raise WorkflowNotFoundError(f"no workflow {workflow_id!r}{where}")
+        return create_workflow(row.definition, limits=self.limits)
+
+
+@dataclass(slots=True)
+class ActiveRun:
+    lease: Lease
+    journal: RunJournal
+    executor: WorkflowExecutor
+    task: asyncio.Task[None] | None = None
+    released: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Dispatcher:
+    """Claims and executes runs for one replica."""
+
+    def __init__(self, settings: Settings, store: Store, bus: LocalEventBus) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+        self.owner = settings.replica_id
+        self.config = settings.execution_config()
+        self.resolver = StoreWorkflowResolver(store, self.config)
+        # shared by every run of this replica
+        self.cache = InMemoryCache(self.config.cache_size)
+        self.memory_store = InMemoryMemoryStore()
+        self.active: dict[str, ActiveRun] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._listener: Any = None
+        store.local_listeners.append(self._on_notification)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.store.postgres:
+            await self._listen()
+        self._tasks = [
+            loop.create_task(self._claim_loop(), name="flowcore-claim"),
+            loop.create_task(self._heartbeat_loop(), name="flowcore-heartbeat"),
+        ]
+        self._wake.set()
+
+    async def stop(self) -> None:
+        """Stop claiming, stop local runs without recording an outcome, and give them
+        back to the queue so another replica resumes them at once."""
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        runs = list(self.active.values())
+        for run in runs:
+            run.released = True
+            run.journal.detach()
+        await self._release([run.lease.run_id for run in runs])
+        for run in runs:
+            if run.task is not None:
+                run.task.cancel()
+        for run in runs:
+            if run.task is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await run.task
+        if self._listener is not None:
+            with contextlib.suppress(Exception):
+                await self._listener.close()
+            self._listener = None
+        with contextlib.suppress(ValueError):
+            self.store.local_listeners.remove(self._on_notification)
+
+    async def _release(self, run_ids: list[str]) -> None:
+        if run_ids:
+            with contextlib.suppress(Exception):
+                await self.store.release_runs(self.owner, run_ids)
+
+    # -------------------------------------------------------------- notifications
+
+    async def _listen(self) -> None:
+        """LISTEN on a dedicated asyncpg connection (outside the pool)."""
+        import asyncpg
+
+        url = self.store.engine.url.set(drivername="postgresql")
+        try:
+            connection = await asyncpg.connect(url.render_as_string(hide_password=False))
+        except (OSError, asyncpg.PostgresError) as exc:  # polling still works
+            logger.warning("LISTEN unavailable (%s); dispatcher falls back to polling", exc)
+            return
+
+        def forward(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            self.store.dispatch_notification(payload)
+
+        await connection.add_listener(NOTIFY_CHANNEL, forward)
+        self._listener = connection
+
+    def _on_notification(self, payload: str) -> None:
+        kind, _, run_id = payload.partition(":")
+        if kind == "run":
+            self._wake.set()
+        elif kind == "ctl" and run_id in self.active:
+            asyncio.get_running_loop().create_task(self._control(run_id))
+        elif kind == "done":
+            self._wake.set()  # a slot may have freed up elsewhere; cheap to look
+
+    async def _control(self, run_id: str) -> None:
+        run = self.active.get(run_id)
+        if run is None:
+            return
+        for signal in await self.store.take_signals([run_id]):
+            self._deliver(signal.run_id, signal.name, signal.payload)
+        if await self.store.cancel_requested(run_id):
+            with contextlib.suppress(FlowcoreError):
+                run.executor.cancel(run_id)
+
+    def _deliver(self, run_id: str, name: str, payload: Any) -> None:
+        run = self.active.get(run_id)
+        if run is not None:
+            run.executor.signal(run_id, name, payload, early=True)
+
+    # ------------------------------------------------------------------- claiming
+
+    async def _claim_loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            free = self.settings.max_concurrent_runs - len(self.active)
+            claimed: list[Run] = []
+            if free > 0:
+                try:
+                    claimed = await self.store.claim_runs(
+                        self.owner, self.settings.lease_seconds, free
+                    )
+                except Exception:
+                    logger.exception("claiming runs failed")
+            for run in claimed:
+                self._start(run)
+            if claimed and len(claimed) == free:
+                continue  # there may be more
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+
+    def _start(self, run: Run) -> None:
+        lease = Lease(run.id, self.owner, run.epoch)
+        executor = WorkflowExecutor(
+            self.config,
+            workflows=self.resolver,
+            cache=self.cache,
+            memory_store=self.memory_store,
+        )
+        journal = RunJournal(
+            self.store,
+            lease,
+            self.bus,
+            flush_seconds=self.settings.event_flush_seconds,
+            on_lease_lost=lambda: self._lease_lost(run.id),
+        )
+        executor.checkpoint_store = journal
+        active = ActiveRun(lease, journal, executor)
+        self.active[run.id] = active
+        active.task = asyncio.get_running_loop().create_task(
+            self._execute(active, run), name=f"flowcore-run-{run.id}"
+        )
+
+    def _lease_lost(self, run_id: str) -> None:
+        run = self.active.get(run_id)
+        if run is not None and run.task is not None:
+            run.released = True
+            run.task.cancel()
+
+    # ------------------------------------------------------------------ executing
+
+    async def _execute(self, active: ActiveRun, run: Run) -> None:
+        lease, journal, executor = active.lease, active.journal, active.executor
+        journal.start()
+        try:
+            result = await self._run(executor, journal, run)
+            await journal.close()
+            if journal.lost:
+                return
+            await self.store.finish_run(
+                lease,
+                result.status.value,
+                result.output,
+                result.error.to_dict() if result.error else None,
+            )
+        except asyncio.CancelledError:
+            if not active.released:
+                raise
+        except LeaseLost:
+            logger.info("run %s was taken over elsewhere", run.id)
+        except Exception as exc:
+            # a run that cannot even start (a bad definition, input or checkpoint) fails
+            logger.exception("run %s could not run", run.id)
+            await journal.close()
+            with contextlib.suppress(LeaseLost):
+                await self.store.finish_run(
+                    lease, "failed", None, {"message": str(exc), "kind": _kind(exc)}
+                )
+        finally:
+            self.active.pop(run.id, None)
+            self._wake.set()
+
+    async def _run(self, executor: WorkflowExecutor, journal: RunJournal, run: Run) -> RunResult:
+        sinks: list[EventSink] = [journal]
+        config = run.config or None
+        if run.fork_of:
+            source_run, _, sequence = run.fork_of.rpartition(":")
+            checkpoint = await self._load(source_run, int(sequence))
+            return await executor.continue_execution(
+                checkpoint,
+                event_sinks=sinks,
+                variables=run.vars_patch,
+                run_id=run.id,
+                input_data=run.input if run.input is not None else checkpoint.input,
+                config=config,
+            )
+        if run.resume_from or run.checkpoint_seq:
+            if run.resume_from:
+                checkpoint = await journal.load(run.resume_from)
+            else:  # interrupted (crash, lost replica, shutdown): from its last checkpoint
+                latest = await journal.latest(run.id)
+                assert latest is not None
+                checkpoint = latest
+            return await executor.continue_execution(
+                checkpoint,
+                event_sinks=sinks,
+                variables=run.vars_patch,
+                config=config,
+                event_seq=await self.store.last_event_seq(run.id),
+            )
+        row = await self.store.get_workflow(
+            run.workflow_id, run.workflow_version, include_archived=True
+        )
+        if row is None:
+            raise WorkflowNotFoundError(
+                f"workflow {run.workflow_id!r} version {run.workflow_version} is gone"
+            )
+        definition = create_workflow(row.definition, limits=self.config)
+        return await executor.execute(
+            definition, run.input, run_id=run.id, config=config, event_sinks=sinks
+        )
+
+    async def _load(self, run_id: str, sequence: int) -> Checkpoint:
+        records = checkpoint_chain(await self.store.checkpoint_records(run_id), sequence)
+        return fold(records)
+
+    # ------------------------------------------------------------------ heartbeat
+
+    async def _heartbeat_loop(self) -> None:
+        while not self._stopping:
+            await asyncio.sleep(self.settings.heartbeat_seconds)
+            try:
+                await self._heartbeat()
+            except Exception:
+                logger.exception("heartbeat failed")
+
+    async def _heartbeat(self) -> None:
+        leases = [run.lease for run in self.active.values()]
+        lost, cancel = await self.store.heartbeat(self.owner, leases, self.settings.lease_seconds)
+        for run_id in lost:
+            run = self.active.get(run_id)
+            if run is not None:
+                run.journal.detach()
+                self._lease_lost(run_id)
+        for run_id in cancel:
+            run = self.active.get(run_id)
+            if run is not None:
+                with contextlib.suppress(FlowcoreError):
+                    run.executor.cancel(run_id)
+        for signal in await self.store.take_signals(list(self.active)):
+            self._deliver(signal.run_id, signal.name, signal.payload)
+
+
+def _kind(exc: BaseException) -> str:
+    return getattr(exc, "kind", None) or type(exc).__name__
