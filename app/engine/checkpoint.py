@@ -34,8 +34,9 @@ class NodeCheckpoint:
     error: str | None = None
     error_kind: str | None = None
     attempts: int = 0
-    started_at: float | None = None
-    finished_at: float | None = None
+    # when it ran: kept for traces, not part of what the node's state *is*
+    started_at: float | None = field(default=None, compare=False)
+    finished_at: float | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
