@@ -26,6 +26,9 @@ def create_engine(url: str, pool_size: int = 10, max_overflow: int = 10) -> Asyn
         engine = create_async_engine(url, connect_args={"timeout": 30}, json_serializer=_json_dumps)
         # WAL lets the API read while the dispatcher writes; busy_timeout waits for locks
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        # BEGIN IMMEDIATE: a transaction that reads and then writes (a claim) takes the
+        # write lock up front, so two of them cannot deadlock upgrading their locks
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
         url,
@@ -41,7 +44,12 @@ def _json_dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), default=str)
 
 
+def _sqlite_begin(connection: Any) -> None:
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.isolation_level = None  # transactions begin in _sqlite_begin
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
