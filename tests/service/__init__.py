@@ -1,0 +1,1 @@
+"""API and storage tests of the HTTP service, on SQLite and on Postgres."""
