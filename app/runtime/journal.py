@@ -1,12 +1,13 @@
 """``RunJournal``: where a service run's checkpoints and events go.
 
-It is both the engine's ``CheckpointStore`` and an ``EventSink`` for one run. Events go
-to the live bus at once and into a pending list; each checkpoint record the engine hands
-over is committed in ONE transaction together with the node results it carries and the
-pending events up to its event sequence. Events that no checkpoint picks up (a node that
-started and is still running) are flushed every ``flush_seconds``. Every commit is fenced
-on the run's lease; once the lease is lost the journal goes quiet and asks for the run to
-be stopped.
+It is both the engine's ``CheckpointStore`` and an ``EventSink`` for one run. Events
+wait in a pending list; each checkpoint record the engine hands over is committed in ONE
+transaction together with the node results it carries and the pending events up to its
+event sequence. Events that no checkpoint picks up (a node that started and is still
+running) are flushed every ``flush_seconds``. Events reach the live bus only once they
+are committed, so what a live client sees is exactly what the log will replay, even if
+the replica dies a moment later. Every commit is fenced on the run's lease; once the
+lease is lost the journal goes quiet and asks for the run to be stopped.
 """
 
 from __future__ import annotations
@@ -60,7 +61,6 @@ class RunJournal:
         if self.lost:
             return
         self.pending.append(event)
-        self.bus.publish(self.lease.run_id, event)
 
     # -- CheckpointStore
 
@@ -79,8 +79,13 @@ class RunJournal:
             except LeaseLost:
                 self._lose()
                 return
-            committed = {id(e) for e in events}
-            self.pending = [e for e in self.pending if id(e) not in committed]
+            self._committed(events)
+
+    def _committed(self, events: list[Event]) -> None:
+        committed = {id(e) for e in events}
+        self.pending = [e for e in self.pending if id(e) not in committed]
+        for event in events:
+            self.bus.publish(self.lease.run_id, event)
 
     async def load(self, checkpoint_id: str) -> Checkpoint:
         run_id, sequence = parse_checkpoint_id(checkpoint_id)
@@ -122,8 +127,7 @@ class RunJournal:
             except LeaseLost:
                 self._lose()
                 return
-            committed = {id(e) for e in events}
-            self.pending = [e for e in self.pending if id(e) not in committed]
+            self._committed(events)
 
     async def close(self) -> None:
         """Stop flushing and commit what is left."""
