@@ -4,7 +4,7 @@ dispatcher in a typed lifespan; nothing is built at import time."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -38,19 +38,27 @@ class BodyLimit:
                 await self._too_large(scope, receive, send)
                 return
         received = 0
+        too_large = False
 
         async def counting_receive() -> Message:
-            nonlocal received
+            nonlocal received, too_large
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
+                    too_large = True
                     raise _TooLarge
             return message
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except _TooLarge:
+        async def guarded_send(message: Message) -> None:
+            # FastAPI turns an exception raised while it reads the body into a 400;
+            # once the limit is crossed, that response is dropped for the 413 below
+            if not too_large:
+                await send(message)
+
+        with suppress(_TooLarge):
+            await self.app(scope, counting_receive, guarded_send)
+        if too_large:
             await self._too_large(scope, receive, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -67,7 +67,7 @@ async def resume(
     """Resume the run from this checkpoint (failed, cancelled, waiting or interrupted
     runs), or with ``fork: true`` start a new run from it, optionally with a new input
     and variables. Nodes the checkpoint holds as finished never run again."""
-    run_id, _ = await _chain(services, checkpoint_id)
+    run_id, records = await _chain(services, checkpoint_id)
     run = await services.store.get_run(run_id)
     if run is None:
         raise not_found(f"no run {run_id!r}")
@@ -80,7 +80,7 @@ async def resume(
         forked, _ = await services.store.create_run(
             uuid.uuid4().hex,
             workflow,
-            body.input,
+            body.input if body.input is not None else fold(records).input,
             run.config,
             None,
             None,

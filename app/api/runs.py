@@ -12,7 +12,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Response
 
 from app.api.deps import Services, ServicesDep
-from app.api.errors import not_found
+from app.api.errors import ApiError, not_found
 from app.api.schemas import (
     NodeTimingOut,
     RunCreate,
@@ -27,7 +27,6 @@ from app.engine import (
     ExecutionConfig,
     InputValidationError,
     ValidationIssue,
-    WorkflowValidationError,
     create_workflow,
 )
 from app.engine.checkpoint import chain_to as checkpoint_chain
@@ -95,7 +94,13 @@ def check_config(overrides: dict[str, Any] | None) -> None:
         except ValueError as exc:
             issues.append(ValidationIssue(str(exc).splitlines()[0], field="config"))
     if issues:
-        raise WorkflowValidationError(issues)
+        raise ApiError(
+            422,
+            "invalid-config",
+            "Invalid run config",
+            "; ".join(str(issue) for issue in issues),
+            errors=[issue.to_dict() for issue in issues],
+        )
 
 
 async def wait_for_outcome(services: Services, run_id: str, seconds: float) -> Run | None:
@@ -151,7 +156,7 @@ async def start_run(
             response.headers["Idempotent-Replayed"] = "true"
             return await _respond(services, existing, response, wait)
     row = await services.store.get_workflow(body.workflow_id, body.version)
-    if row is None:
+    if row is None or row.archived:
         where = f" version {body.version}" if body.version else ""
         raise not_found(f"no workflow {body.workflow_id!r}{where}")
     definition = create_workflow(row.definition, limits=services.limits)
@@ -242,6 +247,23 @@ async def trace(run_id: str, services: ServicesDep) -> TraceOut:
         )
         for r in await services.store.node_results(run_id)
     }
+    # a node that failed is not in the ledger (it runs again on resume): the log has it
+    started: dict[str, float] = {}
+    for event in await services.store.events_after(run_id, 0, limit=10_000):
+        node_id = event.node_id
+        if node_id is None or (node_id in timings and timings[node_id].status != "failed"):
+            continue
+        if event.type == "node.started":
+            started.setdefault(node_id, event.created_at)
+        elif event.type == "node.failed":
+            began = started.pop(node_id, None)
+            timings[node_id] = NodeTimingOut(
+                status="failed",
+                attempts=int(event.data.get("attempts", 1)),
+                duration_ms=(event.created_at - began) * 1000.0 if began is not None else None,
+                error=event.data.get("error"),
+                error_kind=event.data.get("kind"),
+            )
     out = run_out(run)
     return TraceOut(
         run_id=run.id, status=run.status, duration_ms=out.duration_ms, node_timings=timings

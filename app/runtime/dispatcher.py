@@ -257,7 +257,7 @@ class Dispatcher:
     async def _run(self, executor: WorkflowExecutor, journal: RunJournal, run: Run) -> RunResult:
         sinks: list[EventSink] = [journal]
         config = run.config or None
-        if run.fork_of:
+        if run.fork_of and not run.checkpoint_seq:  # a fork that has not checkpointed yet
             source_run, _, sequence = run.fork_of.rpartition(":")
             checkpoint = await self._load(source_run, int(sequence))
             return await executor.continue_execution(

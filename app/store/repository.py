@@ -547,6 +547,10 @@ class Store:
             values["event_seq"] = greatest(self.engine, Run.event_seq, events[-1].seq)
         if records:
             values["checkpoint_seq"] = records[-1].sequence
+            # the run's own checkpoints now supersede a resume request: an interrupted
+            # run continues from its latest one, not from the one it was resumed from
+            values["resume_from"] = None
+            values["vars_patch"] = None
         if current_nodes is not None:
             values["current_nodes"] = current_nodes
         if status is not None:
@@ -641,7 +645,6 @@ class Store:
                     lease_until=None,
                     cancel_requested=False,
                     resume_from=None,
-                    fork_of=None,
                     vars_patch=None,
                     current_nodes=[],
                     updated_at=time.time(),

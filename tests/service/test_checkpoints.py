@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.service.support import (
     assert_problem,
@@ -235,11 +234,6 @@ async def test_fork_a_failed_run_with_a_vars_patch(client: httpx.AsyncClient) ->
     assert (await client.get(f"/v1/runs/{failed['run_id']}")).json()["status"] == "failed"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: a fork without an `input` patch runs with the checkpoint's input "
-    "but its run record says input null (resume() stores body.input as given)",
-)
 async def test_a_fork_without_an_input_patch_reports_the_input_it_ran_with(
     client: httpx.AsyncClient,
 ) -> None:
@@ -253,11 +247,6 @@ async def test_a_fork_without_an_input_patch_reports_the_input_it_ran_with(
     assert done["input"] == {"n": 1}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: forked_from is lost when the fork finishes (Store.finish_run clears "
-    "runs.fork_of, which is both the claim instruction and the run's provenance)",
-)
 async def test_a_finished_fork_still_says_where_it_came_from(client: httpx.AsyncClient) -> None:
     workflow_id = unique("steps")
     await post_workflow(client, three_steps(workflow_id))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.service.support import (
     assert_problem,
@@ -204,11 +203,6 @@ async def test_a_failed_run_reports_its_error(client: httpx.AsyncClient) -> None
     assert [(e["node_id"], e["data"]["attempts"]) for e in failures] == [("boom", 2)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: GET /trace reads only the node ledger, which holds completed nodes; "
-    "the node that failed a run (its attempts, error and error_kind) is missing from it",
-)
 async def test_trace_of_a_failed_run_shows_the_failed_node(client: httpx.AsyncClient) -> None:
     workflow_id = unique("broken")
     await post_workflow(client, always_failing(workflow_id))

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from tests.service.support import (
     MakeSettings,
     Serve,
@@ -91,12 +89,6 @@ async def test_readyz_and_runs_survive_a_restart(serve: Serve, make_settings: Ma
         assert (await client.get(f"/v1/workflows/{workflow_id}")).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: a run resumed in place and then interrupted is recovered from the "
-    "checkpoint it was resumed from (runs.resume_from is only cleared by finish_run), so "
-    "nodes it committed since the resume run again",
-)
 async def test_a_resumed_run_interrupted_by_shutdown_does_not_rerun_committed_nodes(
     serve: Serve, make_settings: MakeSettings
 ) -> None:
@@ -120,12 +112,6 @@ async def test_a_resumed_run_interrupted_by_shutdown_does_not_rerun_committed_no
     assert started_after_last_resume(after) == ["nap", "d"], "b was committed after the resume"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: an interrupted fork is forked again from its source checkpoint "
-    "(runs.fork_of is still set) instead of resuming from its own last checkpoint; its "
-    "events restart at seq 1 and ON CONFLICT DO NOTHING drops them, hiding the re-run",
-)
 async def test_a_fork_interrupted_by_shutdown_resumes_from_its_own_checkpoint(
     serve: Serve, make_settings: MakeSettings
 ) -> None:

@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.service.support import (
     MakeSettings,
@@ -243,12 +242,6 @@ async def test_a_body_over_the_limit_is_a_413_problem(
         assert len(listed["items"]) == 1, "the refused request started nothing"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: a chunked body (no Content-Length) over the limit is answered 400 "
-    "'There was an error parsing the body', not 413: FastAPI turns the _TooLarge raised "
-    "from BodyLimit's receive() into an HTTPException(400) before BodyLimit sees it",
-)
 async def test_a_chunked_body_over_the_limit_is_a_413_problem(
     serve: Serve, make_settings: MakeSettings
 ) -> None:

@@ -193,11 +193,6 @@ async def test_delete_archives(client: httpx.AsyncClient) -> None:
     assert (await client.get(f"/v1/runs/{before['run_id']}")).status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: POST /v1/runs with an explicit version starts runs of an archived "
-    "workflow (Store.get_workflow ignores `archived` when a version is given)",
-)
 async def test_an_archived_workflow_starts_no_run_even_by_version(
     client: httpx.AsyncClient,
 ) -> None:
