@@ -229,8 +229,8 @@ class Dispatcher:
         try:
             result = await self._run(executor, journal, run)
             await journal.close()
-            if journal.lost:
-                return
+            if journal.lost or journal.finished:
+                return  # taken over elsewhere, or the outcome went with the final checkpoint
             await self.store.finish_run(
                 lease,
                 result.status.value,

@@ -18,7 +18,7 @@ import logging
 from collections.abc import Callable
 
 from app.bus import LocalEventBus
-from app.engine import Event
+from app.engine import Event, EventType
 from app.engine.checkpoint import (
     Checkpoint,
     CheckpointInfo,
@@ -28,7 +28,7 @@ from app.engine.checkpoint import (
     parse_checkpoint_id,
 )
 from app.engine.checkpoint import chain_to as checkpoint_chain
-from app.store.repository import Lease, LeaseLost, Store
+from app.store.repository import TERMINAL, Lease, LeaseLost, Store
 
 logger = logging.getLogger("flowcore.runtime")
 
@@ -52,6 +52,8 @@ class RunJournal:
         self.on_lease_lost = on_lease_lost
         self.pending: list[Event] = []
         self.lost = False
+        #: the run's outcome was committed with its final checkpoint
+        self.finished = False
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
 
@@ -72,13 +74,23 @@ class RunJournal:
             events = [e for e in self.pending if e.seq <= cut]
             last = records[-1].status
             status = last if last in ("running", "waiting") else None
+            outcome = None
+            end = next((e for e in reversed(events) if e.terminal), None)
+            if last in TERMINAL and end is not None:  # the final checkpoint
+                outcome = (last, end.data.get("output"), records[-1].error)
             try:
                 await self.store.commit_progress(
-                    self.lease, records, events, status=status, current_nodes=records[-1].frontier
+                    self.lease,
+                    records,
+                    events,
+                    status=status,
+                    current_nodes=records[-1].frontier,
+                    outcome=outcome,
                 )
             except LeaseLost:
                 self._lose()
                 return
+            self.finished = outcome is not None
             self._committed(events)
 
     def _committed(self, events: list[Event]) -> None:
@@ -114,12 +126,19 @@ class RunJournal:
             await asyncio.sleep(self.flush_seconds)
             await self.flush()
 
-    async def flush(self) -> None:
-        """Commit the events no checkpoint has taken yet."""
+    async def flush(self, *, final: bool = False) -> None:
+        """Commit the events no checkpoint has taken yet — but only up to the first one
+        that a checkpoint will carry (a top-level node's outcome, the run's end): that
+        one and what follows commit with that checkpoint, in the same transaction as the
+        node results they announce. The ``final`` flush commits everything left."""
         if self.lost or not self.pending:
             return
         async with self._lock:
             events = list(self.pending)
+            if not final:
+                cut = next((i for i, e in enumerate(events) if _checkpointed(e)), None)
+                if cut is not None:
+                    events = events[:cut]
             if not events:
                 return
             try:
@@ -136,7 +155,7 @@ class RunJournal:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._flusher
             self._flusher = None
-        await self.flush()
+        await self.flush(final=True)
 
     def detach(self) -> None:
         """Write nothing more (the lease was lost, or the replica is shutting down)."""
@@ -148,3 +167,16 @@ class RunJournal:
             self.lost = True
             if self.on_lease_lost is not None:
                 self.on_lease_lost()
+
+
+#: events that announce what the next checkpoint records
+_CHECKPOINTED = frozenset(
+    {EventType.NODE_COMPLETED, EventType.NODE_FAILED, EventType.NODE_SKIPPED, EventType.RUN_WAITING}
+)
+
+
+def _checkpointed(event: Event) -> bool:
+    """A terminal event, or a top-level node's outcome (body nodes' ids have a path)."""
+    if event.terminal:
+        return True
+    return event.type in _CHECKPOINTED and "/" not in (event.node_id or "")

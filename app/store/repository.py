@@ -538,9 +538,15 @@ class Store:
         *,
         status: str | None = None,
         current_nodes: list[str] | None = None,
+        outcome: tuple[str, Any, dict[str, Any] | None] | None = None,
     ) -> None:
         """One transaction: checkpoint records, the node results they carry and events,
-        fenced on the lease. Raises LeaseLost (and writes nothing) if the lease moved."""
+        fenced on the lease. Raises LeaseLost (and writes nothing) if the lease moved.
+
+        ``outcome`` (status, output, error) also records how the run ended and drops the
+        lease, as ``finish_run`` does: the final checkpoint, the terminal event and the
+        run's status commit together, so a crash cannot leave a log that says the run
+        ended on a run that is still 'running' (and that another replica would resume)."""
         now = time.time()
         values: dict[str, Any] = {"updated_at": now}
         if events:
@@ -555,6 +561,22 @@ class Store:
             values["current_nodes"] = current_nodes
         if status is not None:
             values["status"] = status
+        if outcome is not None:
+            final, output, error = outcome
+            if final not in TERMINAL:
+                raise InvalidTransition(f"{final!r} is not a terminal status")
+            values.update(
+                status=final,
+                output=output,
+                error=error,
+                finished_at=now,
+                owner=None,
+                lease_until=None,
+                cancel_requested=False,
+                resume_from=None,
+                vars_patch=None,
+                current_nodes=[],
+            )
         async with self._session() as session:
             result = await session.execute(
                 update(Run)
@@ -617,7 +639,11 @@ class Store:
                     )
                     .on_conflict_do_nothing()
                 )
+            if outcome is not None:
+                await self._notify(session, f"done:{lease.run_id}")
             await session.commit()
+        if outcome is not None:
+            self._notify_local(f"done:{lease.run_id}")
 
     async def finish_run(
         self, lease: Lease, status: str, output: Any, error: dict[str, Any] | None

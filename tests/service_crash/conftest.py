@@ -58,28 +58,6 @@ FINAL_CHECKPOINT_MARKER = "@final_checkpoint"
 STALL_CHECKPOINT_OF = "stall-checkpoint-of"
 CHECKPOINT_STALLED_MARKER = "@checkpoint_stalled"
 
-# Service bugs these tests found. Each is reproduced deterministically (fault injection)
-# by a strict xfail in test_crash_restart.py; test_two_replicas.py runs into them by chance.
-
-#: test_crash_restart.py::test_a_crash_right_after_the_final_checkpoint
-FINAL_COMMIT_BUG = (
-    "service bug: a run's final checkpoint and terminal event commit in one transaction "
-    "(RunJournal.append) and its outcome in another (Store.finish_run); a crash between "
-    "the two leaves a 'running' run whose log already ends in a terminal event, and the "
-    "replica that takes it over resumes it: a second run.resumed + terminal event, and a "
-    "failed run's failed node is executed again"
-)
-
-#: test_crash_restart.py::test_a_crash_between_a_node_s_events_and_its_checkpoint
-EARLY_EVENT_BUG = (
-    "service bug: RunJournal's periodic event flusher commits events in their own "
-    "transactions, ahead of the checkpoints that carry them (node.completed before the "
-    "node's result, even run.succeeded before the final checkpoint); after a crash in "
-    "between, the nodes whose results were not committed run again and the log says they "
-    "completed twice, and the run ended twice (DESIGN: a node's result, its checkpoint and "
-    "its events commit in one transaction)"
-)
-
 _databases = itertools.count()
 
 
@@ -353,9 +331,10 @@ TERMINAL_EVENTS = ("run.succeeded", "run.failed", "run.cancelled")
 
 
 def finished_twice(events: list[dict[str, Any]]) -> bool:
-    """The signature of FINAL_COMMIT_BUG and EARLY_EVENT_BUG in a log: a terminal event
-    that is not the last one, followed by ``run.resumed`` (another replica took the run
-    over and resumed it from a checkpoint before the end)."""
+    """A log that ends a run twice: a terminal event that is not the last one, followed by
+    ``run.resumed`` (another replica took the run over after it had ended). It happened
+    when the outcome and the final checkpoint committed separately, or when events were
+    flushed ahead of their checkpoint."""
     types = [e["type"] for e in events]
     first = next((i for i, t in enumerate(types) if t in TERMINAL_EVENTS), None)
     return first is not None and types[first + 1 : first + 2] == ["run.resumed"]

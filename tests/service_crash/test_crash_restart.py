@@ -17,10 +17,8 @@ import pytest
 
 from tests.service_crash.conftest import (
     CHECKPOINT_STALLED_MARKER,
-    EARLY_EVENT_BUG,
     FAULT_ENV,
     FINAL_CHECKPOINT_MARKER,
-    FINAL_COMMIT_BUG,
     STALL_AFTER_FINAL_CHECKPOINT,
     STALL_CHECKPOINT_OF,
     Database,
@@ -120,7 +118,6 @@ async def test_a_run_survives_sigkill_of_its_server(
     )
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=FINAL_COMMIT_BUG)
 async def test_a_crash_right_after_the_final_checkpoint(servers: Servers, ledger: Path) -> None:
     """SIGKILL right after a run's final checkpoint (with its terminal event) committed
     — fault injection in ``ledger_nodes`` stops the server at exactly that point. The
@@ -189,7 +186,6 @@ async def test_a_crash_right_after_the_final_checkpoint(servers: Servers, ledger
     assert starts == Counter({"n00": 1, "n01": 1}), summary
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=EARLY_EVENT_BUG)
 async def test_a_crash_between_a_node_s_events_and_its_checkpoint(
     servers: Servers, ledger: Path
 ) -> None:

@@ -14,9 +14,6 @@ from typing import Any
 import pytest
 
 from tests.service_crash.conftest import (
-    EARLY_EVENT_BUG,
-    FINAL_COMMIT_BUG,
-    TERMINAL_EVENTS,
     Database,
     Server,
     Servers,
@@ -123,7 +120,6 @@ async def test_a_replica_dies_halfway_and_every_run_succeeds_exactly_once(
         assert run["output"] == {"last": node_ids[-1], "depth": NODES}, run
 
     # each run's event log: 1..N, one run.started, exactly one terminal event and last
-    # (checked last, after everything else; see FINAL_COMMIT_BUG and EARLY_EVENT_BUG)
     logs: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in await database.fetch(
         "SELECT run_id, seq, type, node_id FROM events ORDER BY run_id, seq"
@@ -176,19 +172,7 @@ async def test_a_replica_dies_halfway_and_every_run_succeeds_exactly_once(
         f"runs that logged a terminal event twice: {len(runs_finished_twice)}; "
         f"nodes that logged node.completed twice: {len(completed_twice)}"
     )
+    assert not runs_finished_twice, runs_finished_twice
+    assert not completed_twice, completed_twice
     for run_id, events in logs.items():
-        if run_id not in runs_finished_twice:
-            check_event_log(run_id, events, "run.succeeded")
-    if runs_finished_twice:
-        # Races the kill hits or misses, so no strict xfail here: the deterministic (strict)
-        # reproductions are in test_crash_restart.py. Once both are fixed, delete this branch.
-        assert set(runs_finished_twice) <= orphaned
-        for run_id in runs_finished_twice:
-            log = logs[run_id]
-            first = next(i for i, e in enumerate(log) if e["type"] in TERMINAL_EVENTS)
-            check_event_log(run_id, log[: first + 1], "run.succeeded")  # fine up to the bug
-            assert [e["seq"] for e in log] == list(range(1, len(log) + 1)), log
-            assert log[-1]["type"] == "run.succeeded", log
-        pytest.xfail(
-            f"{len(runs_finished_twice)} runs ended twice; {FINAL_COMMIT_BUG}; {EARLY_EVENT_BUG}"
-        )
+        check_event_log(run_id, events, "run.succeeded")
