@@ -34,6 +34,7 @@ test: dev  ## the whole suite: lint, types, tests
 bench: $(UV)  ## benchmark tables (engine vs asyncio floor vs LangGraph)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --extra bench --quiet
 	$(BIN)/python -m bench.engine
+	$(BIN)/python -m bench.http
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -1,0 +1,355 @@
+"""Helpers of the service benchmark (bench/http.py): tables, scratch databases, the
+server subprocess, CPU and database accounting, the machine's load.
+
+Self-contained on purpose: it shares nothing with the engine benchmarks' modules, so
+either can change without the other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from app.store.migrate import upgrade_async
+
+ROOT = Path(__file__).resolve().parent.parent
+#: the database scratch databases are created from (trust auth on this project's machines)
+PG_ADMIN_DSN = os.environ.get("FLOWCORE_BENCH_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------ tables
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    align: str  # one "l" or "r" per column
+    rows: list[list[str]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def render(self, markdown: bool) -> str:
+        if markdown:
+            lines = [f"### {self.title}", ""]
+            lines.append("| " + " | ".join(self.headers) + " |")
+            lines.append("|" + "|".join("---:" if a == "r" else ":---" for a in self.align) + "|")
+            lines.extend("| " + " | ".join(row) + " |" for row in self.rows)
+            if self.notes:
+                lines.append("")
+                lines.extend(f"- {note}" for note in self.notes)
+            return "\n".join(lines) + "\n"
+        widths = [
+            max([len(self.headers[i]), *(len(row[i]) for row in self.rows)])
+            for i in range(len(self.headers))
+        ]
+
+        def line(cells: Sequence[str]) -> str:
+            return "  ".join(
+                c.rjust(w) if a == "r" else c.ljust(w)
+                for c, w, a in zip(cells, widths, self.align, strict=True)
+            ).rstrip()
+
+        out = [self.title, "=" * len(self.title), line(self.headers)]
+        out.append("  ".join("-" * w for w in widths))
+        out.extend(line(row) for row in self.rows)
+        out.extend(f"  * {note}" for note in self.notes)
+        return "\n".join(out) + "\n"
+
+
+def emit(table: Table, markdown: bool) -> None:
+    print(table.render(markdown), flush=True)
+
+
+def percentile(xs: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (0-100) of ``xs``, nearest rank; NaN if empty."""
+    if not xs:
+        return math.nan
+    ordered = sorted(xs)
+    return ordered[max(1, math.ceil(q / 100 * len(ordered))) - 1]
+
+
+# ------------------------------------------------------------------------- databases
+
+
+async def postgres_unavailable() -> str | None:
+    """None if the admin database answers, else why not."""
+    import asyncpg
+
+    try:
+        connection = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    await connection.close()
+    return None
+
+
+async def postgres_version() -> str:
+    import asyncpg
+
+    connection = await asyncpg.connect(PG_ADMIN_DSN, timeout=3)
+    try:
+        return str(await connection.fetchval("SHOW server_version"))
+    finally:
+        await connection.close()
+
+
+def _database_of(url: str) -> str:
+    return url.rpartition("/")[2]
+
+
+def plain_dsn(url: str) -> str:
+    """``postgresql+asyncpg://...`` -> ``postgresql://...`` (for psycopg and asyncpg)."""
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def drop_stale_databases() -> list[str]:
+    """Drop the scratch databases of benchmark processes that no longer exist (killed
+    before they could drop their own)."""
+    import asyncpg
+
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    dropped = []
+    try:
+        names = await admin.fetch(
+            "SELECT datname FROM pg_database WHERE datname ~ '^flowcore_bench_[0-9]+$'"
+        )
+        for (name,) in names:
+            pid = int(name.rpartition("_")[2])
+            if pid != os.getpid() and not _alive(pid):
+                await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                dropped.append(name)
+    finally:
+        await admin.close()
+    return dropped
+
+
+@contextlib.asynccontextmanager
+async def scratch_postgres(migrate: bool = True) -> AsyncIterator[str]:
+    """A fresh database ``flowcore_bench_<pid>``, migrated to head unless told not to,
+    dropped on the way out. Yields its ``postgresql+asyncpg://`` URL."""
+    import asyncpg
+
+    name = f"flowcore_bench_{os.getpid()}"
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        base = PG_ADMIN_DSN.rpartition("/")[0].replace("postgresql://", "postgresql+asyncpg://")
+        try:
+            url = f"{base}/{name}"
+            if migrate:
+                await upgrade_async(url)
+            yield url
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+async def pg_transactions(url: str) -> int:
+    """Transactions (commits + rollbacks) the database behind ``url`` has counted.
+    Backends report theirs when they end, so read this after closing the pools."""
+    import asyncpg
+
+    await asyncio.sleep(0.2)  # let the backends that just closed report
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        value = await admin.fetchval(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = $1",
+            _database_of(url),
+        )
+        return int(value or 0)
+    finally:
+        await admin.close()
+
+
+@contextlib.asynccontextmanager
+async def scratch_sqlite() -> AsyncIterator[str]:
+    """A fresh, migrated SQLite file in a temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="flowcore-bench-") as tmp:
+        url = f"sqlite+aiosqlite:///{Path(tmp) / 'bench.db'}"
+        await upgrade_async(url)
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def scratch_database(dialect: str) -> AsyncIterator[str]:
+    """``dialect`` is "postgres" or "sqlite"."""
+    if dialect == "postgres":
+        async with scratch_postgres() as url:
+            yield url
+    else:
+        async with scratch_sqlite() as url:
+            yield url
+
+
+# ---------------------------------------------------------------------------- server
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc; 0.0 elsewhere)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Server:
+    """``python -m app.cli serve`` in a subprocess."""
+
+    process: asyncio.subprocess.Process
+    base_url: str
+    log_path: Path
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.process.pid)
+
+
+@contextlib.asynccontextmanager
+async def serve(database_url: str, env: dict[str, str]) -> AsyncIterator[Server]:
+    """The service on a free port against an already migrated database; ready once
+    /readyz answers 200; stopped with SIGTERM (a graceful shutdown) on the way out."""
+    port = free_port()
+    environ = {
+        **os.environ,
+        "FLOWCORE_DATABASE_URL": database_url,
+        "FLOWCORE_REPLICA_ID": f"bench-{port}",
+        **env,
+    }
+    fd, log_name = tempfile.mkstemp(prefix="flowcore-bench-server-", suffix=".log")
+    with os.fdopen(fd, "wb") as log_file:
+        process = await asyncio.create_subprocess_exec(
+            *(sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-migrate"),
+            cwd=ROOT,
+            env=environ,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(process, f"http://127.0.0.1:{port}", Path(log_name))
+    try:
+        await _wait_ready(server)
+        yield server
+    finally:
+        if process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 20)
+            except TimeoutError:
+                process.kill()
+                await process.wait()
+        with contextlib.suppress(OSError):
+            server.log_path.unlink()
+
+
+async def _wait_ready(server: Server, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(base_url=server.base_url, timeout=2.0) as client:
+        while True:
+            if server.process.returncode is not None:
+                tail = server.log_path.read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"the server exited ({server.process.returncode}):\n{tail}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get("/readyz")).status_code == 200:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the server did not become ready in time")
+            await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------------- the machine
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def wait_for_quiet(threshold: float, limit: float) -> None:
+    """Wait, up to ``limit`` seconds, until the 1-minute load average is below
+    ``threshold``: other work on the machine skews every number measured here."""
+    started = time.monotonic()
+    announced = False
+    while (load := os.getloadavg()[0]) >= threshold:
+        waited = time.monotonic() - started
+        if waited >= limit:
+            log(f"load average still {load:.2f} after {waited:.0f} s; measuring anyway")
+            return
+        if not announced:
+            log(f"waiting for the 1-minute load average ({load:.2f}) to fall below {threshold}")
+            announced = True
+        time.sleep(5)
+    if announced:
+        log(f"load average {os.getloadavg()[0]:.2f} after {time.monotonic() - started:.0f} s")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def revision() -> str:
+    """HEAD's short hash, and whether app/ has uncommitted changes."""
+
+    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
+        try:
+            return subprocess.run(
+                ["git", "--no-optional-locks", *args],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+        except OSError:
+            return None
+
+    head = git("rev-parse", "--short", "HEAD")
+    if head is None or head.returncode != 0:
+        return "unknown (not a git checkout)"
+    diff = git("diff", "--quiet", "HEAD", "--", "app")
+    dirty = diff is not None and diff.returncode == 1
+    return head.stdout.strip() + (" + uncommitted changes in app/" if dirty else "")
