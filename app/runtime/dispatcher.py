@@ -243,12 +243,14 @@ class Dispatcher:
         except LeaseLost:
             logger.info("run %s was taken over elsewhere", run.id)
         except Exception as exc:
-            # a run that cannot even start (a bad definition, input or checkpoint) fails
-            logger.exception("run %s could not run", run.id)
-            await journal.close()
+            # a run that cannot start (a bad definition, input or checkpoint) or whose
+            # state cannot be stored (e.g. an output nested too deeply to encode) fails;
+            # events that could not be written are dropped with the journal
+            logger.exception("run %s failed in the service", run.id)
+            journal.detach()
             with contextlib.suppress(LeaseLost):
                 await self.store.finish_run(
-                    lease, "failed", None, {"message": str(exc), "kind": _kind(exc)}
+                    lease, "failed", None, {"message": _message(exc), "kind": _kind(exc)}
                 )
         finally:
             self.active.pop(run.id, None)
@@ -323,6 +325,12 @@ class Dispatcher:
                     run.executor.cancel(run_id)
         for signal in await self.store.take_signals(list(self.active)):
             self._deliver(signal.run_id, signal.name, signal.payload)
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "the run's data nests too deeply to be stored (RecursionError while encoding)"
+    return str(exc) or type(exc).__name__
 
 
 def _kind(exc: BaseException) -> str:

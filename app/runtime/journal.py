@@ -150,16 +150,23 @@ class RunJournal:
 
     async def close(self) -> None:
         """Stop flushing and commit what is left."""
-        if self._flusher is not None:
-            self._flusher.cancel()
+        flusher = self._flusher
+        self._stop_flusher()
+        if flusher is not None:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            self._flusher = None
+                await flusher
         await self.flush(final=True)
 
+    def _stop_flusher(self) -> None:
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+
     def detach(self) -> None:
-        """Write nothing more (the lease was lost, or the replica is shutting down)."""
+        """Write nothing more (the lease was lost, the replica is shutting down, or the
+        run's state cannot be stored)."""
         self.lost = True
+        self._stop_flusher()
 
     def _lose(self) -> None:
         if not self.lost:

@@ -34,7 +34,9 @@ def create_engine(url: str, pool_size: int = 10, max_overflow: int = 10) -> Asyn
         url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=True,
+        # no ping before every checkout (a round trip per transaction): a connection
+        # that died is invalidated on its first error (journal commits retry then)
+        pool_recycle=1800,
         json_serializer=_json_dumps,
     )
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, text, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from app.engine import Event
@@ -101,9 +101,18 @@ class Store:
         #: called with a notification payload when this process changes the queue
         #: (SQLite has no LISTEN/NOTIFY; on Postgres the listener calls it too)
         self.local_listeners: list[Callable[[str], None]] = []
+        self._inserts: dict[Any, Any] = {}
 
     def _session(self) -> AsyncSession:
         return self._sessions()
+
+    def _insert_ignore(self, model: Any) -> Any:
+        """INSERT ... ON CONFLICT DO NOTHING for ``model`` (built once, then cached)."""
+        statement = self._inserts.get(model)
+        if statement is None:
+            statement = insert_ignore(self.engine, model.__table__).on_conflict_do_nothing()
+            self._inserts[model] = statement
+        return statement
 
     async def _notify(self, session: AsyncSession, payload: str) -> None:
         if self.postgres:  # delivered to every listener when the transaction commits
@@ -547,6 +556,33 @@ class Store:
         lease, as ``finish_run`` does: the final checkpoint, the terminal event and the
         run's status commit together, so a crash cannot leave a log that says the run
         ended on a run that is still 'running' (and that another replica would resume)."""
+        for attempt in range(3):
+            try:
+                await self._commit_progress(
+                    lease,
+                    records,
+                    events,
+                    status=status,
+                    current_nodes=current_nodes,
+                    outcome=outcome,
+                )
+                return
+            except DBAPIError as exc:
+                # a connection that died (database restart, network blip) is invalidated
+                # and replaced; the commit is idempotent, so it is simply tried again
+                if not exc.connection_invalidated or attempt == 2:
+                    raise
+
+    async def _commit_progress(
+        self,
+        lease: Lease,
+        records: Sequence[CheckpointRecord],
+        events: Sequence[Event],
+        *,
+        status: str | None = None,
+        current_nodes: list[str] | None = None,
+        outcome: tuple[str, Any, dict[str, Any] | None] | None = None,
+    ) -> None:
         now = time.time()
         values: dict[str, Any] = {"updated_at": now}
         if events:
@@ -587,28 +623,27 @@ class Store:
                     Run.status.in_(ACTIVE),
                 )
                 .values(**values)
+                .execution_options(synchronize_session=False)
             )
             if not _rowcount(result):
                 await session.rollback()
                 raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
+            # executemany with one cached statement per table (no per-call compilation)
             if records:
                 await session.execute(
-                    insert_ignore(self.engine, CheckpointRow)
-                    .values(
-                        [
-                            {
-                                "run_id": r.run_id,
-                                "sequence": r.sequence,
-                                "parent": r.parent,
-                                "status": r.status,
-                                "event_seq": r.event_seq,
-                                "created_at": r.created_at,
-                                "record": _record_json(r),
-                            }
-                            for r in records
-                        ]
-                    )
-                    .on_conflict_do_nothing()
+                    self._insert_ignore(CheckpointRow),
+                    [
+                        {
+                            "run_id": r.run_id,
+                            "sequence": r.sequence,
+                            "parent": r.parent,
+                            "status": r.status,
+                            "event_seq": r.event_seq,
+                            "created_at": r.created_at,
+                            "record": _record_json(r),
+                        }
+                        for r in records
+                    ],
                 )
                 results = [
                     _node_result_row(lease.run_id, node_id, state, now)
@@ -616,28 +651,21 @@ class Store:
                     for node_id, state in r.completed.items()
                 ]
                 if results:
-                    await session.execute(
-                        insert_ignore(self.engine, NodeResultRow)
-                        .values(results)
-                        .on_conflict_do_nothing()
-                    )
+                    await session.execute(self._insert_ignore(NodeResultRow), results)
             if events:
                 await session.execute(
-                    insert_ignore(self.engine, EventRow)
-                    .values(
-                        [
-                            {
-                                "run_id": lease.run_id,
-                                "seq": e.seq,
-                                "type": e.type.value,
-                                "node_id": e.node_id,
-                                "data": e.data,
-                                "created_at": e.timestamp,
-                            }
-                            for e in events
-                        ]
-                    )
-                    .on_conflict_do_nothing()
+                    self._insert_ignore(EventRow),
+                    [
+                        {
+                            "run_id": lease.run_id,
+                            "seq": e.seq,
+                            "type": e.type.value,
+                            "node_id": e.node_id,
+                            "data": e.data,
+                            "created_at": e.timestamp,
+                        }
+                        for e in events
+                    ],
                 )
             if outcome is not None:
                 await self._notify(session, f"done:{lease.run_id}")
