@@ -72,9 +72,16 @@ class InMemoryCache:
         self._entries.clear()
 
 
-def cache_key(node_type: str, config: Any, inputs: Any) -> str:
-    """A stable key for running ``node_type`` with ``config`` on ``inputs``."""
-    canonical = json.dumps(
-        [node_type, config, inputs], sort_keys=True, separators=(",", ":"), default=repr
-    )
+# one encoder, built once: json.dumps with options builds a new one per call
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), default=repr)
+
+
+def cache_key(node_type: str, config: Any, inputs: Any) -> str | None:
+    """A stable key for running ``node_type`` with ``config`` on ``inputs``; None when the
+    data cannot be encoded (nested too deeply, or cyclic): such a call is not cached.
+    Keys are sorted, so the same data sent with its keys in another order hits."""
+    try:
+        canonical = _ENCODER.encode([node_type, config, inputs])
+    except (RecursionError, ValueError):
+        return None
     return f"{node_type}:{hashlib.sha256(canonical.encode()).hexdigest()}"

@@ -20,6 +20,8 @@ from urllib.parse import quote
 
 from app.engine.errors import FlowcoreError
 
+_RECORD_ENCODER = json.JSONEncoder(separators=(",", ":"), default=str)
+
 
 class CheckpointNotFoundError(FlowcoreError):
     kind = "checkpoint_not_found"
@@ -67,8 +69,38 @@ class CheckpointRecord:
     def id(self) -> str:
         return checkpoint_id(self.run_id, self.sequence)
 
+    def to_dict(self) -> dict[str, Any]:
+        # by hand: dataclasses.asdict deep-copies every output, three times slower
+        return {
+            "run_id": self.run_id,
+            "sequence": self.sequence,
+            "created_at": self.created_at,
+            "event_seq": self.event_seq,
+            "status": self.status,
+            "completed": {
+                node_id: {
+                    "status": n.status,
+                    "output": n.output,
+                    "error": n.error,
+                    "error_kind": n.error_kind,
+                    "attempts": n.attempts,
+                    "started_at": n.started_at,
+                    "finished_at": n.finished_at,
+                }
+                for node_id, n in self.completed.items()
+            },
+            "variables": self.variables,
+            "frontier": self.frontier,
+            "pending": self.pending,
+            "workflow_id": self.workflow_id,
+            "definition": self.definition,
+            "input": self.input,
+            "error": self.error,
+            "parent": self.parent,
+        }
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), default=str)
+        return _RECORD_ENCODER.encode(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> CheckpointRecord:

@@ -84,14 +84,17 @@ class _LogSink:
         )
 
 
-class _DictSink:
-    """Keeps events as dicts, for a DEBUG-level execution trace."""
+class _TraceSink:
+    """Keeps a run's events for a DEBUG-level execution trace (as dicts at the end)."""
 
     def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
+        self.events: list[Event] = []
 
     def publish(self, event: Event) -> None:
-        self.events.append(event.to_dict())
+        self.events.append(event)
+
+    def dicts(self) -> list[dict[str, Any]]:
+        return [event.to_dict() for event in self.events]
 
 
 @dataclass(slots=True)
@@ -270,9 +273,9 @@ class WorkflowExecutor:
         sinks = [*self.event_sinks, *(event_sinks or [])]
         if effective.verbose_logging:
             sinks.append(_LogSink())
-        trace_sink: _DictSink | None = None
+        trace_sink: _TraceSink | None = None
         if effective.trace_execution and effective.trace_level == "DEBUG":
-            trace_sink = _DictSink()
+            trace_sink = _TraceSink()
             sinks.append(trace_sink)
         shared = RunShared(
             run_id, definition.id, effective, self.strategy, sinks, self.clock, self.workflows, self
@@ -370,10 +373,19 @@ class WorkflowExecutor:
             self._finish(result, handle, shared)
             await shared.finish_checkpoints()
             if shared.checkpoint_error is not None:
-                raise shared.checkpoint_error
+                # the run's state could not be stored: it did not durably succeed
+                error = shared.checkpoint_error
+                result.status = RunStatus.FAILED
+                result.output = None
+                result.error = RunError(
+                    f"checkpoints could not be written: {type(error).__name__}: {error}"
+                    if not isinstance(error, RecursionError)
+                    else "checkpoints could not be written: the run's data nests too deeply",
+                    "checkpoint",
+                )
             if effective.trace_execution:
                 result.execution_trace = build_trace(
-                    result, effective.trace_level, trace_sink.events if trace_sink else None
+                    result, effective.trace_level, trace_sink.dicts() if trace_sink else None
                 )
                 if effective.trace_output:
                     await asyncio.to_thread(result.execution_trace.write, effective.trace_output)

@@ -654,8 +654,11 @@ class RunHandle:
             self._delta = {**shared.fork_seed, **self._delta}
             shared.fork_seed = None
         parent, shared.checkpoint_parent = shared.checkpoint_parent, None
-        frontier = [self.records[i].node_id for i in self._ready]
-        frontier += [self.records[index].node_id for index, _ in self._tasks.values()]
+        # the running nodes and the next queued ones: bounded by the parallelism, so a
+        # record does not grow with a wide fan-out (resume recomputes the queue anyway)
+        frontier = [self.records[index].node_id for index, _ in self._tasks.values()]
+        limit = shared.max_parallel
+        frontier += [self.records[i].node_id for n, i in enumerate(self._ready) if n < limit]
         record = CheckpointRecord(
             run_id=shared.run_id,
             sequence=shared.checkpoint_sequence,

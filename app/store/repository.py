@@ -764,10 +764,7 @@ def _rowcount(result: Any) -> int:
 
 
 def _record_json(record: CheckpointRecord) -> dict[str, Any]:
-    import json
-
-    data: dict[str, Any] = json.loads(record.to_json())
-    return data
+    return record.to_dict()
 
 
 def _record_from(data: dict[str, Any]) -> CheckpointRecord:
