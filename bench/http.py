@@ -56,12 +56,9 @@ from app.store.db import create_engine
 from app.store.models import NodeResultRow, Run, WorkflowVersion
 from app.store.repository import Store
 from bench._service import (
-    Table,
     cpu_model,
     drop_stale_databases,
-    emit,
     loadavg,
-    log,
     percentile,
     pg_transactions,
     plain_dsn,
@@ -73,6 +70,7 @@ from bench._service import (
     serve,
     wait_for_quiet,
 )
+from bench.common import Table, emit, log
 
 SECTIONS = ("durable", "http")
 Raw = dict[str, Any]
