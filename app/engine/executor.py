@@ -85,16 +85,13 @@ class _LogSink:
 
 
 class _TraceSink:
-    """Keeps a run's events for a DEBUG-level execution trace (as dicts at the end)."""
+    """Keeps a run's events for a DEBUG-level execution trace."""
 
     def __init__(self) -> None:
         self.events: list[Event] = []
 
     def publish(self, event: Event) -> None:
         self.events.append(event)
-
-    def dicts(self) -> list[dict[str, Any]]:
-        return [event.to_dict() for event in self.events]
 
 
 @dataclass(slots=True)
@@ -385,7 +382,7 @@ class WorkflowExecutor:
                 )
             if effective.trace_execution:
                 result.execution_trace = build_trace(
-                    result, effective.trace_level, trace_sink.dicts() if trace_sink else None
+                    result, effective.trace_level, trace_sink.events if trace_sink else None
                 )
                 if effective.trace_output:
                     await asyncio.to_thread(result.execution_trace.write, effective.trace_output)

@@ -40,8 +40,13 @@ class ExecutionTrace:
     duration: float
     level: str = "INFO"
     node_timings: dict[str, NodeTiming] = field(default_factory=dict)
-    #: events of the run (only at trace_level DEBUG)
-    events: list[dict[str, Any]] = field(default_factory=list)
+    #: the run's events (only at trace_level DEBUG), kept as Event objects and turned
+    #: into dicts only when read, so tracing at DEBUG costs little while the run executes
+    raw_events: list[Any] = field(default_factory=list, repr=False)
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        return [event.to_dict() for event in self.raw_events]
 
     @property
     def attempts(self) -> int:
@@ -69,7 +74,7 @@ class ExecutionTrace:
 
 
 def build_trace(
-    result: RunResult, level: str = "INFO", events: list[dict[str, Any]] | None = None
+    result: RunResult, level: str = "INFO", events: list[Any] | None = None
 ) -> ExecutionTrace:
     """The trace of a finished run. Below INFO (DEBUG) it carries the events too; at
     WARNING and above, only nodes that did not succeed."""
@@ -98,5 +103,5 @@ def build_trace(
         duration=result.duration_ms,
         level=level,
         node_timings=timings,
-        events=list(events or []) if threshold <= 10 else [],
+        raw_events=list(events or []) if threshold <= 10 else [],
     )
