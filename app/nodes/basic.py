@@ -26,6 +26,8 @@ class NoopNode(BaseNode):
     """Passes its input (its parents' outputs, by node id) through as its output."""
 
     config_model = _Config
+    # running it costs less than looking it up: never cached
+    cacheable = False
 
     async def execute(
         self, node_context: NodeContext, workflow_context: WorkflowContext
