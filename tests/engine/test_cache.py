@@ -70,7 +70,7 @@ async def test_a_hit_skips_the_node_and_is_reported_everywhere(
     # the trace
     assert first.execution_trace.node_timings["p"].cache_hit is False
     assert second.execution_trace.node_timings["p"].cache_hit is True
-    assert second.execution_trace.cache_hits == 2  # `after` (same input) hit as well
+    assert second.execution_trace.cache_hits == 1  # `after` is a noop: never cached
     assert second.execution_trace.to_dict()["node_timings"]["p"]["cache_hit"] is True
 
 
