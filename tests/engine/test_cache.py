@@ -137,6 +137,7 @@ async def test_the_default_key_covers_the_inputs(probe: Probe) -> None:
 
 def test_cache_key_hashes_type_config_and_inputs() -> None:
     base = cache_key("t", {"a": 1, "b": [1, 2]}, {"p": {"x": 1}})
+    assert base is not None
     assert base == cache_key("t", {"b": [1, 2], "a": 1}, {"p": {"x": 1}})  # order-free
     assert base.startswith("t:")
     assert base != cache_key("u", {"a": 1, "b": [1, 2]}, {"p": {"x": 1}})
