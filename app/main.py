@@ -16,6 +16,7 @@ from app.api.errors import problem
 from app.bus import LocalEventBus
 from app.config import Settings
 from app.engine import ExecutionConfig
+from app.runtime.definitions import DefinitionCache
 from app.runtime.dispatcher import Dispatcher
 from app.store.db import create_engine
 from app.store.repository import Store
@@ -87,13 +88,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = Store(engine)
         bus = LocalEventBus()
         limits = ExecutionConfig()
-        dispatcher = Dispatcher(settings, store, bus) if settings.dispatcher_enabled else None
+        definitions = DefinitionCache(limits)
+        dispatcher = (
+            Dispatcher(settings, store, bus, definitions) if settings.dispatcher_enabled else None
+        )
         app.state.services = Services(
             settings=settings,
             store=store,
             bus=bus,
             limits=limits,
             dispatcher=dispatcher,
+            definitions=definitions,
             migrations_head=health.migrations_head(),
         )
         if dispatcher is not None:

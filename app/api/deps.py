@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from app.bus import LocalEventBus
 from app.config import Settings
 from app.engine import ExecutionConfig
+from app.runtime.definitions import DefinitionCache
 from app.runtime.dispatcher import Dispatcher
 from app.store.repository import Store
 
@@ -23,6 +24,7 @@ class Services:
     bus: LocalEventBus
     limits: ExecutionConfig
     dispatcher: Dispatcher | None
+    definitions: DefinitionCache
     migrations_head: str | None = None
 
 

@@ -77,17 +77,29 @@ async def stream_events(
     idle_since = loop.time()
     try:
         yield b": stream open\n\n"
+        read_log = True  # the log is read at the start, on a gap, on overflow, when idle
         while True:
             progressed = False
-            for row in await services.store.events_after(run_id, last):
-                seq, type_, frame = _from_row(row)
-                if seq != last + 1:
-                    break  # a hole the writer has not filled yet: wait for it
-                yield frame
-                last = seq
-                progressed = True
-                if type_ in TERMINAL_TYPES:
-                    return
+            if read_log:
+                read_log = False
+                for row in await services.store.events_after(run_id, last):
+                    seq, type_, frame = _from_row(row)
+                    if seq != last + 1:
+                        break  # a hole the writer has not filled yet: wait for it
+                    yield frame
+                    last = seq
+                    progressed = True
+                    if type_ in TERMINAL_TYPES:
+                        return
+                if not progressed and last == after:
+                    run = await services.store.get_run(run_id)
+                    if run is None:
+                        return
+                    if (
+                        run.status in TERMINAL
+                        and await services.store.last_event_seq(run_id) <= last
+                    ):
+                        return  # nothing more will come (a run cancelled while queued)
             while last + 1 in ahead:
                 seq, type_, frame = ahead.pop(last + 1)
                 yield frame
@@ -95,14 +107,10 @@ async def stream_events(
                 progressed = True
                 if type_ in TERMINAL_TYPES:
                     return
-            if not progressed and last == after:
-                run = await services.store.get_run(run_id)
-                if run is None:
-                    return
-                if run.status in TERMINAL and await services.store.last_event_seq(run_id) <= last:
-                    return  # nothing more will come (a run cancelled while queued)
-            # wait for live events (or poll the log)
+            # wait for live events; without any for a while, poll the log
             event = await subscription.get(POLL)
+            if event is None:
+                read_log = True
             while event is not None:
                 if event.seq > last:
                     ahead[event.seq] = _from_event(event)
@@ -111,9 +119,12 @@ async def stream_events(
                 seq, type_, frame = ahead.pop(last + 1)
                 yield frame
                 last = seq
-                idle_since = loop.time()
+                progressed = True
                 if type_ in TERMINAL_TYPES:
                     return
+            if ahead or subscription.overflowed:
+                read_log = True  # live events ran ahead of what we have: fill from the log
+                subscription.overflowed = False
             if progressed:
                 idle_since = loop.time()
             elif loop.time() - idle_since >= heartbeat:

@@ -27,7 +27,6 @@ from app.engine import (
     ExecutionConfig,
     InputValidationError,
     ValidationIssue,
-    create_workflow,
 )
 from app.engine.checkpoint import chain_to as checkpoint_chain
 from app.engine.checkpoint import fold
@@ -159,7 +158,7 @@ async def start_run(
     if row is None or row.archived:
         where = f" version {body.version}" if body.version else ""
         raise not_found(f"no workflow {body.workflow_id!r}{where}")
-    definition = create_workflow(row.definition, limits=services.limits)
+    definition = services.definitions.get(row.workflow_id, row.version, row.definition)
     check_config(body.config)
     if definition.input_schema is not None:
         problems = check_input(definition.input_schema, body.input)

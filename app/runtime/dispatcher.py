@@ -30,6 +30,7 @@ from app.engine.cache import InMemoryCache
 from app.engine.checkpoint import Checkpoint, fold
 from app.engine.checkpoint import chain_to as checkpoint_chain
 from app.engine.memory import InMemoryMemoryStore
+from app.runtime.definitions import DefinitionCache
 from app.runtime.journal import RunJournal
 from app.store.models import Run
 from app.store.repository import NOTIFY_CHANNEL, Lease, LeaseLost, Store
@@ -67,12 +68,19 @@ class ActiveRun:
 class Dispatcher:
     """Claims and executes runs for one replica."""
 
-    def __init__(self, settings: Settings, store: Store, bus: LocalEventBus) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        bus: LocalEventBus,
+        definitions: DefinitionCache | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.bus = bus
         self.owner = settings.replica_id
         self.config = settings.execution_config()
+        self.definitions = definitions or DefinitionCache(self.config)
         self.resolver = StoreWorkflowResolver(store, self.config)
         # shared by every run of this replica
         self.cache = InMemoryCache(self.config.cache_size)
@@ -291,7 +299,7 @@ class Dispatcher:
             raise WorkflowNotFoundError(
                 f"workflow {run.workflow_id!r} version {run.workflow_version} is gone"
             )
-        definition = create_workflow(row.definition, limits=self.config)
+        definition = self.definitions.get(row.workflow_id, row.version, row.definition)
         return await executor.execute(
             definition, run.input, run_id=run.id, config=config, event_sinks=sinks
         )
