@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError, IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.engine import Event
 from app.engine.checkpoint import CheckpointRecord, NodeCheckpoint
@@ -114,7 +114,7 @@ class Store:
             self._inserts[model] = statement
         return statement
 
-    async def _notify(self, session: AsyncSession, payload: str) -> None:
+    async def _notify(self, session: AsyncSession | AsyncConnection, payload: str) -> None:
         if self.postgres:  # delivered to every listener when the transaction commits
             await session.execute(
                 text("SELECT pg_notify(:channel, :payload)"),
@@ -613,8 +613,9 @@ class Store:
                 vars_patch=None,
                 current_nodes=[],
             )
-        async with self._session() as session:
-            result = await session.execute(
+        # a Core connection, not an ORM session: this is the hot path of every run
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
                 update(Run)
                 .where(
                     Run.id == lease.run_id,
@@ -625,12 +626,11 @@ class Store:
                 .values(**values)
                 .execution_options(synchronize_session=False)
             )
-            if not _rowcount(result):
-                await session.rollback()
+            if not _rowcount(result):  # leaving the block by an exception rolls back
                 raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
             # executemany with one cached statement per table (no per-call compilation)
             if records:
-                await session.execute(
+                await conn.execute(
                     self._insert_ignore(CheckpointRow),
                     [
                         {
@@ -651,9 +651,9 @@ class Store:
                     for node_id, state in r.completed.items()
                 ]
                 if results:
-                    await session.execute(self._insert_ignore(NodeResultRow), results)
+                    await conn.execute(self._insert_ignore(NodeResultRow), results)
             if events:
-                await session.execute(
+                await conn.execute(
                     self._insert_ignore(EventRow),
                     [
                         {
@@ -668,8 +668,7 @@ class Store:
                     ],
                 )
             if outcome is not None:
-                await self._notify(session, f"done:{lease.run_id}")
-            await session.commit()
+                await self._notify(conn, f"done:{lease.run_id}")
         if outcome is not None:
             self._notify_local(f"done:{lease.run_id}")
 
