@@ -19,6 +19,7 @@ from app.engine import ExecutionConfig
 from app.runtime.definitions import DefinitionCache
 from app.runtime.dispatcher import Dispatcher
 from app.store.db import create_engine
+from app.store.migrate import head_revision
 from app.store.repository import Store
 
 
@@ -99,7 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             limits=limits,
             dispatcher=dispatcher,
             definitions=definitions,
-            migrations_head=health.migrations_head(),
+            migrations_head=head_revision(),
         )
         if dispatcher is not None:
             await dispatcher.start()

@@ -33,7 +33,7 @@ from app.engine.memory import InMemoryMemoryStore
 from app.runtime.definitions import DefinitionCache
 from app.runtime.journal import RunJournal
 from app.store.models import Run
-from app.store.repository import NOTIFY_CHANNEL, Lease, LeaseLost, Store
+from app.store.repository import Lease, LeaseLost, Store
 
 logger = logging.getLogger("flowcore.runtime")
 
@@ -89,15 +89,14 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._listener: Any = None
         store.local_listeners.append(self._on_notification)
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        if self.store.postgres:
-            await self._listen()
+        if self.store.postgres and not await self.store.listen():
+            logger.warning("LISTEN unavailable; the dispatcher falls back to polling")
         self._tasks = [
             loop.create_task(self._claim_loop(), name="flowcore-claim"),
             loop.create_task(self._heartbeat_loop(), name="flowcore-heartbeat"),
@@ -125,10 +124,7 @@ class Dispatcher:
             if run.task is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await run.task
-        if self._listener is not None:
-            with contextlib.suppress(Exception):
-                await self._listener.close()
-            self._listener = None
+        await self.store.unlisten()
         with contextlib.suppress(ValueError):
             self.store.local_listeners.remove(self._on_notification)
 
@@ -138,23 +134,6 @@ class Dispatcher:
                 await self.store.release_runs(self.owner, run_ids)
 
     # -------------------------------------------------------------- notifications
-
-    async def _listen(self) -> None:
-        """LISTEN on a dedicated asyncpg connection (outside the pool)."""
-        import asyncpg
-
-        url = self.store.engine.url.set(drivername="postgresql")
-        try:
-            connection = await asyncpg.connect(url.render_as_string(hide_password=False))
-        except (OSError, asyncpg.PostgresError) as exc:  # polling still works
-            logger.warning("LISTEN unavailable (%s); dispatcher falls back to polling", exc)
-            return
-
-        def forward(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            self.store.dispatch_notification(payload)
-
-        await connection.add_listener(NOTIFY_CHANNEL, forward)
-        self._listener = connection
 
     def _on_notification(self, payload: str) -> None:
         kind, _, run_id = payload.partition(":")

@@ -19,6 +19,13 @@ def alembic_config(database_url: str | None = None) -> Config:
     return config
 
 
+def head_revision() -> str | None:
+    """The latest revision of the migration chain."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
 def upgrade(database_url: str, revision: str = "head") -> None:
     command.upgrade(alembic_config(database_url), revision)
 

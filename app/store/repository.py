@@ -18,6 +18,7 @@ Errors::
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from app.engine import Event
 from app.engine.checkpoint import CheckpointRecord, NodeCheckpoint
-from app.store.db import db_now, greatest, insert_ignore, is_postgres, sessionmaker
+from app.store.db import db_now, greatest, insert_ignore, is_postgres, ping, sessionmaker
 from app.store.models import CheckpointRow, EventRow, NodeResultRow, Run, SignalRow, WorkflowVersion
 
 NOTIFY_CHANNEL = "flowcore"
@@ -102,6 +103,7 @@ class Store:
         #: (SQLite has no LISTEN/NOTIFY; on Postgres the listener calls it too)
         self.local_listeners: list[Callable[[str], None]] = []
         self._inserts: dict[Any, Any] = {}
+        self._listener: Any = None
 
     def _session(self) -> AsyncSession:
         return self._sessions()
@@ -128,6 +130,49 @@ class Store:
     def _notify_local(self, payload: str) -> None:
         for listener in self.local_listeners:
             listener(payload)
+
+    # ------------------------------------------------------------- notifications
+
+    async def listen(self) -> bool:
+        """Postgres: LISTEN on a dedicated connection (outside the pool) and hand every
+        notification to ``dispatch_notification``. False when it is not possible (SQLite,
+        or the server refused): callers then rely on polling and local notifications."""
+        if not self.postgres or self._listener is not None:
+            return self._listener is not None
+        import asyncpg
+
+        url = self.engine.url.set(drivername="postgresql")
+        try:
+            connection = await asyncpg.connect(url.render_as_string(hide_password=False))
+        except (OSError, asyncpg.PostgresError):
+            return False
+
+        def forward(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            self.dispatch_notification(payload)
+
+        await connection.add_listener(NOTIFY_CHANNEL, forward)
+        self._listener = connection
+        return True
+
+    async def unlisten(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close()
+
+    async def ping(self) -> float:
+        """Round-trip the database; the latency in seconds."""
+        return await ping(self.engine)
+
+    async def current_revision(self) -> str | None:
+        """The Alembic revision the database is at (None: not migrated)."""
+        from alembic.migration import MigrationContext
+
+        async with self.engine.connect() as conn:
+            revision: str | None = await conn.run_sync(
+                lambda sync: MigrationContext.configure(sync).get_current_revision()
+            )
+            return revision
 
     async def now(self) -> float:
         async with self._session() as session:
