@@ -16,6 +16,7 @@ from app.api.errors import problem
 from app.bus import LocalEventBus
 from app.config import Settings
 from app.engine import ExecutionConfig
+from app.observability.metrics import HttpMetrics
 from app.runtime.definitions import DefinitionCache
 from app.runtime.dispatcher import Dispatcher
 from app.store.db import create_engine
@@ -121,4 +122,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (workflows.router, runs.router, events.router, checkpoints.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HttpMetrics)
     return app

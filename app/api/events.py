@@ -25,6 +25,7 @@ from app.api.errors import not_found
 from app.api.schemas import EventOut
 from app.engine import Event
 from app.engine.events import TERMINAL_EVENTS
+from app.observability import metrics
 from app.store.models import EventRow
 from app.store.repository import TERMINAL
 
@@ -70,6 +71,7 @@ async def stream_events(
 ) -> AsyncIterator[bytes]:
     """SSE frames of ``run_id`` after sequence ``after``, ending after the terminal one."""
     subscription = services.bus.subscribe(run_id)
+    metrics.SSE_CONNECTIONS.inc()
     heartbeat = services.settings.sse_heartbeat_seconds
     loop = asyncio.get_running_loop()
     last = after
@@ -134,6 +136,7 @@ async def stream_events(
                 return
     finally:
         subscription.close()
+        metrics.SSE_CONNECTIONS.dec()
 
 
 @router.get(

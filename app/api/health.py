@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request, Response
 from starlette.responses import JSONResponse
 
 from app.api.deps import ServicesDep
 from app.api.schemas import Health
+from app.observability.metrics import metrics_response
 
 router = APIRouter(tags=["health"])
 
@@ -36,3 +37,13 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     checks["dispatcher"] = "on" if services.dispatcher is not None else "off"
     body = Health(status="ready" if ready else "not ready", checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
+)
+async def metrics(request: Request) -> Response:
+    """Prometheus metrics (flowcore_*), for every worker of this replica."""
+    return metrics_response(request)

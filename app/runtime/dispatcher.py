@@ -30,6 +30,7 @@ from app.engine.cache import InMemoryCache
 from app.engine.checkpoint import Checkpoint, fold
 from app.engine.checkpoint import chain_to as checkpoint_chain
 from app.engine.memory import InMemoryMemoryStore
+from app.observability import metrics
 from app.runtime.definitions import DefinitionCache
 from app.runtime.journal import RunJournal
 from app.store.models import Run
@@ -213,8 +214,15 @@ class Dispatcher:
     async def _execute(self, active: ActiveRun, run: Run) -> None:
         lease, journal, executor = active.lease, active.journal, active.executor
         journal.start()
+        metrics.ACTIVE_RUNS.inc()
+        metrics.RUNS_STARTED.labels(run.workflow_id).inc()
+        if run.claims > 1:
+            metrics.LEASE_TAKEOVERS.inc()
         try:
             result = await self._run(executor, journal, run)
+            metrics.record_run(
+                result, run.started_at or run.created_at, run.created_at, run.claims == 1
+            )
             await journal.close()
             if journal.lost or journal.finished:
                 return  # taken over elsewhere, or the outcome went with the final checkpoint
@@ -240,6 +248,7 @@ class Dispatcher:
                     lease, "failed", None, {"message": _message(exc), "kind": _kind(exc)}
                 )
         finally:
+            metrics.ACTIVE_RUNS.dec()
             self.active.pop(run.id, None)
             self._wake.set()
 
@@ -298,6 +307,7 @@ class Dispatcher:
                 logger.exception("heartbeat failed")
 
     async def _heartbeat(self) -> None:
+        metrics.QUEUE_DEPTH.set(await self.store.count_queued())
         leases = [run.lease for run in self.active.values()]
         lost, cancel = await self.store.heartbeat(self.owner, leases, self.settings.lease_seconds)
         for run_id in lost:

@@ -28,6 +28,7 @@ from app.engine.checkpoint import (
     parse_checkpoint_id,
 )
 from app.engine.checkpoint import chain_to as checkpoint_chain
+from app.observability import metrics
 from app.store.repository import TERMINAL, Lease, LeaseLost, Store
 
 logger = logging.getLogger("flowcore.runtime")
@@ -91,9 +92,12 @@ class RunJournal:
                 self._lose()
                 return
             self.finished = outcome is not None
-            self._committed(events)
+            self._committed(events, len(records))
 
-    def _committed(self, events: list[Event]) -> None:
+    def _committed(self, events: list[Event], records: int = 0) -> None:
+        metrics.EVENTS_PUBLISHED.inc(len(events))
+        if records:
+            metrics.CHECKPOINTS_WRITTEN.inc(records)
         committed = {id(e) for e in events}
         self.pending = [e for e in self.pending if id(e) not in committed]
         for event in events:

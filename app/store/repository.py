@@ -335,6 +335,13 @@ class Store:
         self._notify_local(f"run:{run_id}")
         return row, True
 
+    async def count_queued(self) -> int:
+        async with self._session() as session:
+            value = (
+                await session.execute(select(func.count()).where(Run.status == "queued"))
+            ).scalar_one()
+            return int(value)
+
     async def run_by_idempotency_key(self, key: str) -> Run | None:
         async with self._session() as session:
             return (

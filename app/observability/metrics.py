@@ -1,0 +1,150 @@
+"""Prometheus metrics, all in one module, named by Prometheus conventions: a
+``flowcore_`` prefix, base units, ``_total`` counters; labelled by workflow id, node type,
+status and route template — never by run id (unbounded cardinality).
+
+With several uvicorn workers, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory:
+``/metrics`` then aggregates every worker's samples (prometheus-client multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.engine import RunResult
+
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+RUNS_STARTED = Counter(
+    "flowcore_runs_started_total", "Runs a replica started executing.", ["workflow_id"]
+)
+RUNS_FINISHED = Counter(
+    "flowcore_runs_finished_total", "Runs that reached an outcome.", ["workflow_id", "status"]
+)
+RUN_DURATION = Histogram(
+    "flowcore_run_duration_seconds",
+    "Wall time of a run's execution.",
+    ["workflow_id"],
+    buckets=_LATENCY,
+)
+QUEUE_WAIT = Histogram(
+    "flowcore_run_queue_wait_seconds",
+    "From a run's creation to its first claim.",
+    ["workflow_id"],
+    buckets=_LATENCY,
+)
+ACTIVE_RUNS = Gauge(
+    "flowcore_active_runs", "Runs this replica is executing.", multiprocess_mode="livesum"
+)
+QUEUE_DEPTH = Gauge(
+    "flowcore_queue_depth",
+    "Runs waiting to be claimed (as seen by this replica).",
+    multiprocess_mode="max",
+)
+NODE_DURATION = Histogram(
+    "flowcore_node_duration_seconds",
+    "Wall time of a node, attempts included.",
+    ["node_type"],
+    buckets=_LATENCY,
+)
+NODE_ATTEMPTS = Counter(
+    "flowcore_node_attempts_total", "Node attempts, retries included.", ["node_type", "status"]
+)
+NODE_RETRIES = Counter("flowcore_node_retries_total", "Node retries.", ["node_type"])
+NODE_TIMEOUTS = Counter("flowcore_node_timeouts_total", "Node timeouts.", ["node_type"])
+CACHE_HITS = Counter(
+    "flowcore_cache_hits_total", "Node results served from the cache.", ["node_type"]
+)
+LEASE_TAKEOVERS = Counter(
+    "flowcore_lease_takeovers_total",
+    "Runs claimed again after their lease expired or was released.",
+)
+CHECKPOINTS_WRITTEN = Counter("flowcore_checkpoints_written_total", "Checkpoint records committed.")
+EVENTS_PUBLISHED = Counter("flowcore_events_published_total", "Run events committed and published.")
+SSE_CONNECTIONS = Gauge(
+    "flowcore_sse_connections", "Open server-sent event streams.", multiprocess_mode="livesum"
+)
+HTTP_REQUESTS = Counter(
+    "flowcore_http_requests_total", "HTTP requests.", ["method", "route", "status"]
+)
+HTTP_DURATION = Histogram(
+    "flowcore_http_request_duration_seconds",
+    "HTTP request latency.",
+    ["method", "route"],
+    buckets=_LATENCY,
+)
+
+
+def record_run(result: RunResult, claimed_at: float, created_at: float, first_claim: bool) -> None:
+    """Account for a finished run and its nodes (once, when it ends)."""
+    workflow = result.workflow_id
+    RUNS_FINISHED.labels(workflow, result.status.value).inc()
+    RUN_DURATION.labels(workflow).observe(max(result.duration_ms / 1000.0, 0.0))
+    if first_claim:
+        QUEUE_WAIT.labels(workflow).observe(max(claimed_at - created_at, 0.0))
+    for record in result.node_results.values():
+        if record.metadata and record.metadata.get("cache_hit"):
+            CACHE_HITS.labels(record.type).inc()
+            continue
+        if record.attempts == 0:
+            continue
+        NODE_ATTEMPTS.labels(record.type, record.status.value).inc(record.attempts)
+        if record.attempts > 1:
+            NODE_RETRIES.labels(record.type).inc(record.attempts - 1)
+        if record.error_kind == "timeout":
+            NODE_TIMEOUTS.labels(record.type).inc()
+        duration = record.duration_ms
+        if duration is not None:
+            NODE_DURATION.labels(record.type).observe(duration / 1000.0)
+
+
+def metrics_response(_request: Request) -> Response:
+    """The exposition (every worker's, in multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+
+class HttpMetrics:
+    """Counts requests and their latency by method, route *template* and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def recording_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, recording_send)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "GET")
+            HTTP_REQUESTS.labels(method, template, str(status)).inc()
+            HTTP_DURATION.labels(method, template).observe(time.perf_counter() - started)

@@ -1,0 +1,87 @@
+"""/metrics after a scripted set of runs: successes, a failure, retries and cache hits."""
+
+from __future__ import annotations
+
+import re
+
+import httpx
+
+from tests.service.support import chain, finished, post_workflow, start_run, transform, unique
+
+
+def samples(text: str) -> dict[str, float]:
+    """``name{labels}`` -> value, from the Prometheus text exposition."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def value(text: str, name: str, **labels: str) -> float:
+    """The sum of a metric's samples whose labels include ``labels``."""
+    total = 0.0
+    for key, number in samples(text).items():
+        metric, _, rest = key.partition("{")
+        if metric != name:
+            continue
+        found = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        if all(found.get(k) == v for k, v in labels.items()):
+            total += number
+    return total
+
+
+async def test_metrics_count_runs_nodes_retries_cache_hits_and_requests(
+    client: httpx.AsyncClient,
+) -> None:
+    ok_id, bad_id = unique("ok"), unique("bad")
+    await post_workflow(
+        client,
+        chain(
+            ok_id,
+            transform("a", v="input.v"),
+            {
+                "id": "flaky",
+                "type": "fail",
+                "config": {"times": 1},
+                "retry": {"max_retries": 2, "delay": 0},
+            },
+            {**transform("cached", c="'same'"), "cache": {"ttl": 600, "key": "same"}},
+        ),
+    )
+    await post_workflow(client, chain(bad_id, {"id": "boom", "type": "fail"}))
+    before = (await client.get("/metrics")).text
+
+    for v in (1, 2):
+        run = await start_run(client, ok_id, {"v": v})
+        assert (await finished(client, run["run_id"]))["status"] == "succeeded"
+    run = await start_run(client, bad_id, {})
+    assert (await finished(client, run["run_id"]))["status"] == "failed"
+
+    response = await client.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    after = response.text
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert delta("flowcore_runs_started_total", workflow_id=ok_id) == 2
+    assert delta("flowcore_runs_finished_total", workflow_id=ok_id, status="succeeded") == 2
+    assert delta("flowcore_runs_finished_total", workflow_id=bad_id, status="failed") == 1
+    assert delta("flowcore_run_duration_seconds_count", workflow_id=ok_id) == 2
+    # `flaky` fails its first attempt in each run, then succeeds: two retries
+    assert delta("flowcore_node_retries_total", node_type="fail") == 2
+    assert delta("flowcore_node_attempts_total", node_type="fail", status="succeeded") == 4
+    # the second run serves `cached` from the cache
+    assert delta("flowcore_cache_hits_total", node_type="transform") == 1
+    assert delta("flowcore_checkpoints_written_total") > 0
+    assert delta("flowcore_events_published_total") > 0
+    # requests by route template, never by run id
+    assert delta("flowcore_http_requests_total", method="POST", route="/v1/runs", status="202") == 3
+    assert delta("flowcore_http_requests_total", method="GET", route="/v1/runs/{run_id}") >= 3
+    assert run["run_id"] not in after
+    assert "flowcore_active_runs" in after
+    assert "flowcore_sse_connections" in after
+    assert "flowcore_queue_depth" in after
