@@ -105,3 +105,24 @@ def test_prometheus_scrapes_the_compose_replicas() -> None:
         host, port = target.split(":")
         assert host in services, target
         assert services[host]["environment"]["FLOWCORE_PORT"] == port
+
+
+def test_the_kubernetes_manifests_agree_with_the_app() -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "kubernetes" / "flowcore.yaml").read_text()))
+    by_kind = {doc["kind"]: doc for doc in docs}
+    assert {"ConfigMap", "Job", "Deployment", "Service", "PodDisruptionBudget"} <= set(by_kind)
+    fields = set(Settings.model_fields)
+    for key in by_kind["ConfigMap"]["data"]:
+        assert key.removeprefix("FLOWCORE_").lower() in fields, key
+    parser = build_parser()
+    pods = [by_kind["Job"]["spec"]["template"], by_kind["Deployment"]["spec"]["template"]]
+    for pod in pods:
+        for container in pod["spec"]["containers"]:
+            parser.parse_args(container["command"][1:])
+            for env in container.get("env", []):
+                assert env["name"].removeprefix("FLOWCORE_").lower() in fields, env["name"]
+    server = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"][0]
+    assert server["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert server["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert server["resources"]["requests"]
+    assert by_kind["PodDisruptionBudget"]["spec"]["minAvailable"] >= 1
