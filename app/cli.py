@@ -124,8 +124,10 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from app.config import Settings
+    from app.observability.logging import configure_logging
 
     settings = Settings()
+    configure_logging()
     if not args.no_migrate:
         _migrate()
     uvicorn.run(
@@ -136,6 +138,7 @@ def _serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         loop="uvloop",
         log_level="info",
+        log_config=None,  # keep the JSON logging configured above
     )
     return EXIT_OK
 

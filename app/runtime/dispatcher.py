@@ -236,12 +236,16 @@ class Dispatcher:
             if not active.released:
                 raise
         except LeaseLost:
-            logger.info("run %s was taken over elsewhere", run.id)
+            logger.info("run %s was taken over elsewhere", run.id, extra={"run_id": run.id})
         except Exception as exc:
             # a run that cannot start (a bad definition, input or checkpoint) or whose
             # state cannot be stored (e.g. an output nested too deeply to encode) fails;
             # events that could not be written are dropped with the journal
-            logger.exception("run %s failed in the service", run.id)
+            logger.exception(
+                "run %s failed in the service",
+                run.id,
+                extra={"run_id": run.id, "workflow_id": run.workflow_id},
+            )
             journal.detach()
             with contextlib.suppress(LeaseLost):
                 await self.store.finish_run(

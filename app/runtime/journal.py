@@ -174,7 +174,11 @@ class RunJournal:
 
     def _lose(self) -> None:
         if not self.lost:
-            logger.warning("run %s: lease lost; stopping it here", self.lease.run_id)
+            logger.warning(
+                "run %s: lease lost; stopping it here",
+                self.lease.run_id,
+                extra={"run_id": self.lease.run_id},
+            )
             self.lost = True
             if self.on_lease_lost is not None:
                 self.on_lease_lost()
