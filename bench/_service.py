@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import math
 import os
-import platform
 import signal
 import socket
 import subprocess
@@ -249,14 +248,6 @@ async def _wait_ready(server: Server, timeout: float = 30.0) -> None:
 # ---------------------------------------------------------------------- the machine
 
 
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
-
-
 def wait_for_quiet(threshold: float, limit: float) -> None:
     """Wait, up to ``limit`` seconds, until the 1-minute load average is below
     ``threshold``: other work on the machine skews every number measured here."""
@@ -273,37 +264,3 @@ def wait_for_quiet(threshold: float, limit: float) -> None:
         time.sleep(5)
     if announced:
         log(f"load average {os.getloadavg()[0]:.2f} after {time.monotonic() - started:.0f} s")
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def revision() -> str:
-    """HEAD's short hash, and whether app/ has uncommitted changes."""
-
-    def git(*args: str) -> subprocess.CompletedProcess[str] | None:
-        try:
-            return subprocess.run(
-                ["git", "--no-optional-locks", *args],
-                cwd=ROOT,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-        except OSError:
-            return None
-
-    head = git("rev-parse", "--short", "HEAD")
-    if head is None or head.returncode != 0:
-        return "unknown (not a git checkout)"
-    diff = git("diff", "--quiet", "HEAD", "--", "app")
-    dirty = diff is not None and diff.returncode == 1
-    return head.stdout.strip() + (" + uncommitted changes in app/" if dirty else "")

@@ -6,6 +6,7 @@ import asyncio
 import gc
 import json
 import math
+import platform
 import statistics
 import subprocess
 import sys
@@ -235,3 +236,49 @@ async def floor_fanout(n: int, width: int) -> None:
             await asyncio.sleep(DELAY)
 
     await asyncio.gather(*(one() for _ in range(n)))
+
+
+# ---------------------------------------------------------------- the machine
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(
+            ["git", "--no-optional-locks", *args],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    except OSError:
+        return None
+
+
+def revision(label: str | None = None) -> str:
+    if label:
+        return label
+    head = _git("rev-parse", "--short", "HEAD")
+    if head is None or head.returncode != 0:
+        return "unknown (not a git checkout)"
+    diff = _git("diff", "--quiet", "HEAD", "--", "app")
+    dirty = diff is not None and diff.returncode == 1
+    return head.stdout.strip() + (" + uncommitted changes in app/" if dirty else "")
+
+
+def loadavg() -> str:
+    try:
+        with open("/proc/loadavg") as f:
+            return " ".join(f.read().split()[:3])
+    except OSError:
+        return "unknown"

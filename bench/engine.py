@@ -35,7 +35,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import subprocess
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -48,19 +47,21 @@ from bench.common import (
     DELAY_NODE,
     LIMITS,
     NOOP,
-    ROOT,
     SHAPES,
     Table,
     calibrate,
     cell,
     chain_raw,
+    cpu_model,
     emit,
     engine_run,
     floor_chain,
     floor_fanout,
+    loadavg,
     log,
     med,
     prepared,
+    revision,
     roots_raw,
     side_by_side,
     timed,
@@ -256,49 +257,6 @@ async def section_overhead(args: argparse.Namespace) -> tuple[Table, list[Overhe
 
 
 # ---------------------------------------------------------------------------- header
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git(*args: str) -> subprocess.CompletedProcess[str] | None:
-    try:
-        return subprocess.run(
-            ["git", "--no-optional-locks", *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError:
-        return None
-
-
-def revision(label: str | None = None) -> str:
-    if label:
-        return label
-    head = _git("rev-parse", "--short", "HEAD")
-    if head is None or head.returncode != 0:
-        return "unknown (not a git checkout)"
-    diff = _git("diff", "--quiet", "HEAD", "--", "app")
-    dirty = diff is not None and diff.returncode == 1
-    return head.stdout.strip() + (" + uncommitted changes in app/" if dirty else "")
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"
 
 
 def wait_for_load(limit: float) -> None:

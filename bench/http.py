@@ -56,21 +56,18 @@ from app.store.db import create_engine
 from app.store.models import NodeResultRow, Run, WorkflowVersion
 from app.store.repository import Store
 from bench._service import (
-    cpu_model,
     drop_stale_databases,
-    loadavg,
     percentile,
     pg_transactions,
     plain_dsn,
     postgres_unavailable,
     postgres_version,
-    revision,
     scratch_database,
     scratch_postgres,
     serve,
     wait_for_quiet,
 )
-from bench.common import Table, emit, log
+from bench.common import Table, cpu_model, emit, loadavg, log, revision
 
 SECTIONS = ("durable", "http")
 Raw = dict[str, Any]
