@@ -67,7 +67,34 @@ NODE_ATTEMPTS = Counter(
 NODE_RETRIES = Counter("flowcore_node_retries_total", "Node retries.", ["node_type"])
 NODE_TIMEOUTS = Counter("flowcore_node_timeouts_total", "Node timeouts.", ["node_type"])
 CACHE_HITS = Counter(
-    "flowcore_cache_hits_total", "Node results served from the cache.", ["node_type"]
+    "flowcore_cache_hits_total",
+    "Node results served from the cache, by the tier that had them (memory, redis).",
+    ["node_type", "tier"],
+)
+CACHE_MISSES = Counter(
+    "flowcore_cache_misses_total", "Cache lookups that found nothing.", ["node_type"]
+)
+BREAKER_STATE = Gauge(
+    "flowcore_circuit_breaker_state",
+    "1 for the state each circuit breaker is in (closed, open, half_open), else 0.",
+    ["breaker", "state"],
+    multiprocess_mode="max",
+)
+BREAKER_TRANSITIONS = Counter(
+    "flowcore_circuit_breaker_transitions_total",
+    "Circuit-breaker state changes seen by this replica.",
+    ["breaker", "from_state", "to_state"],
+)
+TOKENS_STREAMED = Counter(
+    "flowcore_tokens_streamed_total", "node.token events committed and published."
+)
+REDIS_UP = Gauge(
+    "flowcore_redis_up",
+    "1 when Redis answers, 0 while the replica runs on its in-process fallbacks.",
+    multiprocess_mode="min",
+)
+REDIS_FAILURES = Counter(
+    "flowcore_redis_failures_total", "Redis calls that failed or timed out."
 )
 LEASE_TAKEOVERS = Counter(
     "flowcore_lease_takeovers_total",
@@ -98,8 +125,7 @@ def record_run(result: RunResult, claimed_at: float, created_at: float, first_cl
         QUEUE_WAIT.labels(workflow).observe(max(claimed_at - created_at, 0.0))
     for record in result.node_results.values():
         if record.metadata and record.metadata.get("cache_hit"):
-            CACHE_HITS.labels(record.type).inc()
-            continue
+            continue  # counted by the service cache (hits and misses, by tier)
         if record.attempts == 0:
             continue
         NODE_ATTEMPTS.labels(record.type, record.status.value).inc(record.attempts)

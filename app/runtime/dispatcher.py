@@ -26,7 +26,8 @@ from app.engine import (
     WorkflowNotFoundError,
     create_workflow,
 )
-from app.engine.cache import InMemoryCache
+from app.engine.breaker import CircuitBreakerStore
+from app.engine.cache import Cache, InMemoryCache
 from app.engine.checkpoint import Checkpoint, fold
 from app.engine.checkpoint import chain_to as checkpoint_chain
 from app.engine.memory import InMemoryMemoryStore
@@ -75,6 +76,9 @@ class Dispatcher:
         store: Store,
         bus: LocalEventBus,
         definitions: DefinitionCache | None = None,
+        *,
+        cache: Cache | None = None,
+        breakers: CircuitBreakerStore | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -83,8 +87,9 @@ class Dispatcher:
         self.config = settings.execution_config()
         self.definitions = definitions or DefinitionCache(self.config)
         self.resolver = StoreWorkflowResolver(store, self.config)
-        # shared by every run of this replica
-        self.cache = InMemoryCache(self.config.cache_size)
+        # shared by every run of this replica (Redis-backed ones when configured)
+        self.cache: Cache = cache or InMemoryCache(self.config.cache_size)
+        self.breakers = breakers
         self.memory_store = InMemoryMemoryStore()
         self.active: dict[str, ActiveRun] = {}
         self._wake = asyncio.Event()
@@ -187,6 +192,7 @@ class Dispatcher:
             self.config,
             workflows=self.resolver,
             cache=self.cache,
+            circuit_breakers=self.breakers,
             memory_store=self.memory_store,
         )
         journal = RunJournal(

@@ -102,6 +102,9 @@ class Store:
         #: called with a notification payload when this process changes the queue
         #: (SQLite has no LISTEN/NOTIFY; on Postgres the listener calls it too)
         self.local_listeners: list[Callable[[str], None]] = []
+        #: called with the same payloads after their commit, to tell other replicas by
+        #: another channel than LISTEN/NOTIFY (Redis, when configured)
+        self.broadcasters: list[Callable[[str], None]] = []
         self._inserts: dict[Any, Any] = {}
         self._listener: Any = None
 
@@ -126,6 +129,12 @@ class Store:
     def dispatch_notification(self, payload: str) -> None:
         """Hand a notification (local, or from LISTEN) to this process's listeners."""
         self._notify_local(payload)
+
+    def _announce(self, payload: str) -> None:
+        """After a commit: this process's listeners, then the other replicas' channels."""
+        self._notify_local(payload)
+        for broadcast in self.broadcasters:
+            broadcast(payload)
 
     def _notify_local(self, payload: str) -> None:
         for listener in self.local_listeners:
@@ -332,7 +341,7 @@ class Store:
                         f"(run {existing.id})"
                     ) from None
                 return existing, False
-        self._notify_local(f"run:{run_id}")
+        self._announce(f"run:{run_id}")
         return row, True
 
     async def count_queued(self) -> int:
@@ -402,7 +411,7 @@ class Store:
             run.updated_at = time.time()
             await self._notify(session, f"ctl:{run_id}")
             await session.commit()
-        self._notify_local(f"ctl:{run_id}")
+        self._announce(f"ctl:{run_id}")
         return run
 
     async def add_signal(self, run_id: str, name: str, payload: Any) -> Run:
@@ -423,7 +432,7 @@ class Store:
             )
             await self._notify(session, f"ctl:{run_id}")
             await session.commit()
-        self._notify_local(f"ctl:{run_id}")
+        self._announce(f"ctl:{run_id}")
         return run
 
     async def take_signals(self, run_ids: Sequence[str]) -> list[SignalRow]:
@@ -472,7 +481,7 @@ class Store:
             run.updated_at = time.time()
             await self._notify(session, f"run:{run_id}")
             await session.commit()
-        self._notify_local(f"run:{run_id}")
+        self._announce(f"run:{run_id}")
         return run
 
     # ----------------------------------------------------------------- dispatcher
@@ -586,7 +595,7 @@ class Store:
             )
             await self._notify(session, "run:released")
             await session.commit()
-        self._notify_local("run:released")
+        self._announce("run:released")
         return _rowcount(result)
 
     # ------------------------------------------------------------ fenced progress
@@ -722,7 +731,7 @@ class Store:
             if outcome is not None:
                 await self._notify(conn, f"done:{lease.run_id}")
         if outcome is not None:
-            self._notify_local(f"done:{lease.run_id}")
+            self._announce(f"done:{lease.run_id}")
 
     async def finish_run(
         self, lease: Lease, status: str, output: Any, error: dict[str, Any] | None
@@ -760,7 +769,7 @@ class Store:
                 raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
             await self._notify(session, f"done:{lease.run_id}")
             await session.commit()
-        self._notify_local(f"done:{lease.run_id}")
+        self._announce(f"done:{lease.run_id}")
 
     # ---------------------------------------------------------------------- reads
 
