@@ -25,7 +25,19 @@ class Settings(BaseSettings):
         "sqlite+aiosqlite:///./flowcore.db",
         description="postgresql+asyncpg://... or sqlite+aiosqlite:///path (the embedded default)",
     )
-    redis_url: SecretStr | None = None
+    redis_url: SecretStr | None = Field(
+        None,
+        description="redis://host:6379/0: shared cache, breakers, live events and wake-ups "
+        "across replicas; without it the in-process implementations serve",
+    )
+    redis_pool_size: int = Field(50, ge=2, description="Connections in the Redis pool.")
+    redis_timeout_seconds: float = Field(
+        0.5, gt=0, description="Every Redis call's timeout; past it Redis counts as down."
+    )
+    redis_retry_seconds: float = Field(
+        1.0, gt=0, description="While Redis is down, how often it is probed."
+    )
+    redis_prefix: str = Field("flowcore", min_length=1, description="Key and channel prefix.")
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
 

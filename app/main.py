@@ -3,10 +3,13 @@ dispatcher in a typed lifespan; nothing is built at import time."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import checkpoints, events, health, runs, workflows
@@ -14,9 +17,12 @@ from app.api.deps import Services
 from app.api.errors import install as install_errors
 from app.api.errors import problem
 from app.bus import LocalEventBus
+from app.cache import MeteredBreakers, RedisCircuitBreakers, ServiceCache
 from app.config import Settings
 from app.engine import ExecutionConfig
+from app.observability import metrics
 from app.observability.metrics import HttpMetrics
+from app.redis_link import RedisLink
 from app.runtime.definitions import DefinitionCache
 from app.runtime.dispatcher import Dispatcher
 from app.store.db import create_engine
@@ -79,6 +85,50 @@ class _TooLarge(Exception):
     pass
 
 
+async def _connect_redis(settings: Settings) -> RedisLink | None:
+    """The Redis link when configured. An unreachable Redis does not stop the replica
+    from starting: it starts degraded and the link recovers when Redis answers."""
+    if settings.redis_url is None:
+        return None
+    link = RedisLink(
+        settings.redis_url.get_secret_value(),
+        pool_size=settings.redis_pool_size,
+        timeout=settings.redis_timeout_seconds,
+        retry_seconds=settings.redis_retry_seconds,
+        prefix=settings.redis_prefix,
+    )
+    metrics.REDIS_UP.set(1)
+    await link.ping()  # marks the link down (and starts probing) if Redis is away
+    return link
+
+
+def _pool_samplers(engine: AsyncEngine, redis: RedisLink | None) -> list[Callable[[], None]]:
+    pool = engine.pool
+
+    def database() -> None:
+        if isinstance(pool, QueuePool):
+            metrics.DB_POOL_IN_USE.set(pool.checkedout())
+            metrics.DB_POOL_SIZE.set(pool.checkedin() + pool.checkedout())
+
+    samplers = [database]
+    if redis is not None:
+        link = redis
+
+        def redis_pool() -> None:
+            metrics.REDIS_POOL_IN_USE.set(link.connections_in_use())
+            metrics.REDIS_POOL_SIZE.set(link.pool.max_connections)
+
+        samplers.append(redis_pool)
+    return samplers
+
+
+async def _sample_forever(every: float = 5.0) -> None:
+    """Keep read-at-scrape gauges fresh for workers that do not serve the scrape."""
+    while True:
+        metrics.sample()
+        await asyncio.sleep(every)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
@@ -88,11 +138,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.database_url, settings.db_pool_size, settings.db_max_overflow
         )
         store = Store(engine)
+        redis = await _connect_redis(settings)
+        samplers = _pool_samplers(engine, redis)
+        metrics.SAMPLERS.extend(samplers)
+        sampling = asyncio.get_running_loop().create_task(_sample_forever(), name="flowcore-sample")
         bus = LocalEventBus()
         limits = ExecutionConfig()
         definitions = DefinitionCache(limits)
+        # a cached result or an open breaker on one replica counts on every replica
+        cache = ServiceCache(redis, settings.execution_config().cache_size)
+        breakers = RedisCircuitBreakers(redis) if redis is not None else MeteredBreakers()
         dispatcher = (
-            Dispatcher(settings, store, bus, definitions) if settings.dispatcher_enabled else None
+            Dispatcher(settings, store, bus, definitions, cache=cache, breakers=breakers)
+            if settings.dispatcher_enabled
+            else None
         )
         app.state.services = Services(
             settings=settings,
@@ -102,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             dispatcher=dispatcher,
             definitions=definitions,
             migrations_head=head_revision(),
+            redis=redis,
         )
         if dispatcher is not None:
             await dispatcher.start()
@@ -110,6 +170,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if dispatcher is not None:
                 await dispatcher.stop()
+            sampling.cancel()
+            with suppress(asyncio.CancelledError):
+                await sampling
+            for sampler in samplers:
+                metrics.SAMPLERS.remove(sampler)
+            if redis is not None:
+                await redis.close()
             await engine.dispose()
 
     app = FastAPI(

@@ -22,7 +22,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
+
+from app.observability import metrics
 
 logger = logging.getLogger("flowcore.redis")
 
@@ -80,6 +82,10 @@ class RedisLink:
         try:
             async with asyncio.timeout(self.timeout):
                 return await fn(self.client)
+        except ResponseError:
+            # Redis answered, with an error (a script or command bug): not an outage
+            logger.exception("a redis command failed")
+            return default
         except REDIS_FAILURES as exc:
             self.mark_down(exc)
             return default
@@ -87,12 +93,14 @@ class RedisLink:
     def mark_down(self, exc: BaseException) -> None:
         """Record a failure; the first one of an outage starts the recovery probe."""
         self.failures += 1
+        metrics.REDIS_FAILURES.inc()
         self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         if not self.up or self._closed:
             return
         self.up = False
         self.down_since = time.time()
         logger.warning("redis is unavailable (%s); falling back to in-process", self.last_error)
+        metrics.REDIS_UP.set(0)
         for callback in self.on_state_change:
             callback(False)
         with contextlib.suppress(RuntimeError):  # no running loop: the next call probes
@@ -111,9 +119,14 @@ class RedisLink:
                 continue
             except asyncio.CancelledError:
                 raise
+            # idle connections from before the outage may be dead (a restarted Redis):
+            # drop them now rather than fail the first calls and go down again
+            with contextlib.suppress(*REDIS_FAILURES):
+                await self.pool.disconnect(inuse_connections=False)
             self.up = True
             self.down_since = None
             logger.warning("redis is back")
+            metrics.REDIS_UP.set(1)
             for state_callback in self.on_state_change:
                 state_callback(True)
             for callback in list(self.on_recover):

@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 from app.bus import LocalEventBus
 from app.config import Settings
 from app.engine import ExecutionConfig
+from app.redis_link import RedisLink
 from app.runtime.definitions import DefinitionCache
 from app.runtime.dispatcher import Dispatcher
 from app.store.repository import Store
@@ -26,6 +27,7 @@ class Services:
     dispatcher: Dispatcher | None
     definitions: DefinitionCache
     migrations_head: str | None = None
+    redis: RedisLink | None = None
 
 
 def get_services(request: Request) -> Services:

@@ -20,7 +20,9 @@ async def healthz() -> Health:
 
 @router.get("/readyz", response_model=Health, responses={503: {"model": Health}})
 async def readyz(services: ServicesDep) -> JSONResponse:
-    """Ready when the database answers and is migrated to head."""
+    """Ready when the database answers and is migrated to head. A Redis outage is
+    reported (``status: degraded``, ``checks.redis.state: down``) but stays 200: runs go
+    on with in-process fallbacks."""
     checks: dict[str, object] = {}
     ready = True
     try:
@@ -35,7 +37,19 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         ready = False
         checks["database"] = f"unreachable: {type(exc).__name__}"
     checks["dispatcher"] = "on" if services.dispatcher is not None else "off"
-    body = Health(status="ready" if ready else "not ready", checks=checks)
+    degraded = False
+    if services.redis is None:
+        checks["redis"] = {"state": "not configured"}
+    else:
+        # a Redis outage degrades the replica (in-process fallbacks) but keeps it ready
+        latency = await services.redis.ping()
+        redis = services.redis.status()
+        if latency is not None:
+            redis["latency_ms"] = round(latency * 1000, 2)
+        checks["redis"] = redis
+        degraded = redis["state"] != "up"
+    status = "not ready" if not ready else "degraded" if degraded else "ready"
+    body = Health(status=status, checks=checks)
     return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
 
 

@@ -8,8 +8,10 @@ With several uvicorn workers, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty direc
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (
@@ -25,7 +27,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.engine import RunResult
+from app.engine import MetricsCollector, RunResult
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -96,6 +98,36 @@ REDIS_UP = Gauge(
 REDIS_FAILURES = Counter(
     "flowcore_redis_failures_total", "Redis calls that failed or timed out."
 )
+DB_POOL_IN_USE = Gauge(
+    "flowcore_db_pool_connections_in_use",
+    "Database connections checked out of this replica's pool.",
+    multiprocess_mode="livesum",
+)
+DB_POOL_SIZE = Gauge(
+    "flowcore_db_pool_connections",
+    "Database connections this replica's pool holds open (in use or idle).",
+    multiprocess_mode="livesum",
+)
+REDIS_POOL_IN_USE = Gauge(
+    "flowcore_redis_pool_connections_in_use",
+    "Redis connections in use (pub/sub included).",
+    multiprocess_mode="livesum",
+)
+REDIS_POOL_SIZE = Gauge(
+    "flowcore_redis_pool_max_connections",
+    "The Redis pool's size (redis_pool_size).",
+    multiprocess_mode="livesum",
+)
+
+#: called before every scrape (and by the app every few seconds, so that other workers'
+#: values stay fresh in multiprocess mode): they set gauges that are read, not counted
+SAMPLERS: list[Callable[[], None]] = []
+
+
+def sample() -> None:
+    for sampler in list(SAMPLERS):
+        with contextlib.suppress(Exception):  # a sampler must never break a scrape
+            sampler()
 LEASE_TAKEOVERS = Counter(
     "flowcore_lease_takeovers_total",
     "Runs claimed again after their lease expired or was released.",
@@ -116,8 +148,14 @@ HTTP_DURATION = Histogram(
 )
 
 
+#: the engine's in-process statistics of this worker's runs, fed from the same place as
+#: the Prometheus families below, so the two always agree
+COLLECTOR = MetricsCollector()
+
+
 def record_run(result: RunResult, claimed_at: float, created_at: float, first_claim: bool) -> None:
     """Account for a finished run and its nodes (once, when it ends)."""
+    COLLECTOR.record_run(result)
     workflow = result.workflow_id
     RUNS_FINISHED.labels(workflow, result.status.value).inc()
     RUN_DURATION.labels(workflow).observe(max(result.duration_ms / 1000.0, 0.0))
@@ -140,6 +178,7 @@ def record_run(result: RunResult, claimed_at: float, created_at: float, first_cl
 
 def metrics_response(_request: Request) -> Response:
     """The exposition (every worker's, in multiprocess mode)."""
+    sample()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

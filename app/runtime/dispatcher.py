@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.bus import LocalEventBus
+from app.cache import MeteredBreakers, ServiceCache
 from app.config import Settings
 from app.engine import (
     EventSink,
@@ -27,7 +28,6 @@ from app.engine import (
     create_workflow,
 )
 from app.engine.breaker import CircuitBreakerStore
-from app.engine.cache import Cache, InMemoryCache
 from app.engine.checkpoint import Checkpoint, fold
 from app.engine.checkpoint import chain_to as checkpoint_chain
 from app.engine.memory import InMemoryMemoryStore
@@ -77,7 +77,7 @@ class Dispatcher:
         bus: LocalEventBus,
         definitions: DefinitionCache | None = None,
         *,
-        cache: Cache | None = None,
+        cache: ServiceCache | None = None,
         breakers: CircuitBreakerStore | None = None,
     ) -> None:
         self.settings = settings
@@ -88,8 +88,8 @@ class Dispatcher:
         self.definitions = definitions or DefinitionCache(self.config)
         self.resolver = StoreWorkflowResolver(store, self.config)
         # shared by every run of this replica (Redis-backed ones when configured)
-        self.cache: Cache = cache or InMemoryCache(self.config.cache_size)
-        self.breakers = breakers
+        self.cache = cache or ServiceCache(None, self.config.cache_size)
+        self.breakers = breakers or MeteredBreakers()
         self.memory_store = InMemoryMemoryStore()
         self.active: dict[str, ActiveRun] = {}
         self._wake = asyncio.Event()
@@ -191,7 +191,7 @@ class Dispatcher:
         executor = WorkflowExecutor(
             self.config,
             workflows=self.resolver,
-            cache=self.cache,
+            cache=self.cache.for_workflow(run.workflow_id),
             circuit_breakers=self.breakers,
             memory_store=self.memory_store,
         )

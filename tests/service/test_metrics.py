@@ -1,4 +1,5 @@
-"""/metrics after a scripted set of runs: successes, a failure, retries and cache hits."""
+"""/metrics after a scripted set of runs: successes, failures, retries, cache hits and an
+open circuit breaker; and the engine's MetricsCollector agrees with it."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import re
 
 import httpx
 
+from app.observability import metrics
 from tests.service.support import chain, finished, post_workflow, start_run, transform, unique
 
 
@@ -85,3 +87,92 @@ async def test_metrics_count_runs_nodes_retries_cache_hits_and_requests(
     assert "flowcore_active_runs" in after
     assert "flowcore_sse_connections" in after
     assert "flowcore_queue_depth" in after
+
+
+async def test_metrics_after_an_open_breaker_and_agreement_with_the_metrics_collector(
+    client: httpx.AsyncClient,
+) -> None:
+    """A breaker that opens shows in its state gauge and transitions; and the engine's
+    MetricsCollector statistics of this worker agree with the Prometheus numbers."""
+    breaker = unique("payments")
+    fragile, fine = unique("fragile"), unique("fine")
+    await post_workflow(
+        client,
+        chain(
+            fragile,
+            {
+                "id": "charge",
+                "type": "fail",
+                "circuit_breaker": {
+                    "key": breaker,
+                    "failure_threshold": 2,
+                    "recovery_timeout": 600,
+                },
+            },
+        ),
+    )
+    await post_workflow(
+        client,
+        chain(
+            fine,
+            {
+                "id": "flaky",
+                "type": "fail",
+                "config": {"times": 1},
+                "retry": {"max_retries": 1, "delay": 0},
+            },
+            {**transform("cached", c="'x'"), "cache": {"ttl": 600, "key": breaker}},
+        ),
+    )
+    stats_before = metrics.COLLECTOR.get_statistics()
+    before = (await client.get("/metrics")).text
+
+    errors = []
+    for _ in range(3):  # fails, fails (opens), refused fast
+        run = await finished(client, (await start_run(client, fragile, {}))["run_id"])
+        assert run["status"] == "failed"
+        errors.append(run["error"])
+    for _ in range(2):
+        run = await finished(client, (await start_run(client, fine, {}))["run_id"])
+        assert run["status"] == "succeeded"
+    assert "circuit breaker" in str(errors[-1])
+
+    after = (await client.get("/metrics")).text
+    stats_after = metrics.COLLECTOR.get_statistics()
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert value(after, "flowcore_circuit_breaker_state", breaker=breaker, state="open") == 1
+    assert value(after, "flowcore_circuit_breaker_state", breaker=breaker, state="closed") == 0
+    assert (
+        delta(
+            "flowcore_circuit_breaker_transitions_total",
+            breaker=breaker,
+            from_state="closed",
+            to_state="open",
+        )
+        == 1
+    )
+    assert delta("flowcore_cache_hits_total", node_type="transform") == 1
+    assert delta("flowcore_cache_misses_total", node_type="transform") == 1
+
+    # the MetricsCollector saw exactly what Prometheus counted
+    def grew(key: str) -> float:
+        return float(stats_after[key]) - float(stats_before[key])
+
+    by_status = {
+        status: stats_after["workflows_by_status"].get(status, 0)
+        - stats_before["workflows_by_status"].get(status, 0)
+        for status in ("succeeded", "failed")
+    }
+    assert by_status == {
+        "succeeded": delta("flowcore_runs_finished_total", status="succeeded"),
+        "failed": delta("flowcore_runs_finished_total", status="failed"),
+    }
+    assert by_status == {"succeeded": 2, "failed": 3}
+    assert grew("retries") == delta("flowcore_node_retries_total") == 2
+    assert grew("cache_hits") == delta("flowcore_cache_hits_total") == 1
+    assert grew("total_workflows") == delta("flowcore_run_duration_seconds_count") == 5
+    ran = grew("total_nodes") - grew("cache_hits")
+    assert ran == delta("flowcore_node_duration_seconds_count")
