@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -126,6 +127,8 @@ def _serve(args: argparse.Namespace) -> int:
     from app.config import Settings
     from app.observability.logging import configure_logging
 
+    if args.workers > 1:  # inherited by the worker processes (see Settings.worker_processes)
+        os.environ["FLOWCORE_WORKER_PROCESSES"] = str(args.workers)
     settings = Settings()
     configure_logging()
     if not args.no_migrate:

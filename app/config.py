@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     replica_id: str = Field(default_factory=_default_replica_id)
+    worker_processes: int = Field(
+        1,
+        ge=1,
+        description="Set by `flowcore serve --workers N`: each worker then leases runs as "
+        "'<replica_id>-<pid>', so workers of one replica never share a lease owner.",
+    )
 
     # the dispatcher
     dispatcher_enabled: bool = True

@@ -4,6 +4,7 @@ dispatcher in a typed lifespan; nothing is built at import time."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, suppress
 
@@ -131,6 +132,10 @@ async def _sample_forever(every: float = 5.0) -> None:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    if settings.worker_processes > 1:  # one lease owner per worker process
+        settings = settings.model_copy(
+            update={"replica_id": f"{settings.replica_id}-{os.getpid()}"}
+        )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -213,14 +213,15 @@ class Servers:
         env.update(overrides)
         return env
 
-    def spawn(self, replica_id: str, **overrides: str) -> Server:
-        """Start ``python -m app.cli serve`` (it migrates, then serves) on a free port."""
+    def spawn(self, replica_id: str, *args: str, **overrides: str) -> Server:
+        """Start ``python -m app.cli serve [args]`` (it migrates, then serves) on a free
+        port."""
         port = free_port()
         log_path = self.tmp_path / f"{replica_id}-{len(self.started)}.log"
         log = log_path.open("wb")
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
+                [sys.executable, "-m", "app.cli", "serve", "--port", str(port), *args],
                 cwd=ROOT,
                 env=self.env(replica_id, overrides),
                 stdin=subprocess.DEVNULL,
@@ -234,9 +235,9 @@ class Servers:
         self.started.append(server)
         return server
 
-    async def start(self, replica_id: str, **overrides: str) -> Server:
+    async def start(self, replica_id: str, *args: str, **overrides: str) -> Server:
         """Spawn a server and wait until its ``/readyz`` says 200."""
-        server = self.spawn(replica_id, **overrides)
+        server = self.spawn(replica_id, *args, **overrides)
         await server.wait_ready()
         return server
 
