@@ -17,7 +17,7 @@ from app.api import checkpoints, events, health, runs, workflows
 from app.api.deps import Services
 from app.api.errors import install as install_errors
 from app.api.errors import problem
-from app.bus import LocalEventBus
+from app.bus import EventBus, LocalEventBus, RedisEventBus, RedisWakeups
 from app.cache import MeteredBreakers, RedisCircuitBreakers, ServiceCache
 from app.config import Settings
 from app.engine import ExecutionConfig
@@ -147,7 +147,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         samplers = _pool_samplers(engine, redis)
         metrics.SAMPLERS.extend(samplers)
         sampling = asyncio.get_running_loop().create_task(_sample_forever(), name="flowcore-sample")
-        bus = LocalEventBus()
+        bus: EventBus
+        wakeups: RedisWakeups | None = None
+        if redis is not None:
+            redis_bus = RedisEventBus(redis, settings.replica_id)
+            wakeups = RedisWakeups(redis_bus, store)
+            bus = redis_bus
+        else:
+            bus = LocalEventBus()
+        await bus.start()  # before the dispatcher and before serving
+        if wakeups is not None:
+            await wakeups.start()
         limits = ExecutionConfig()
         definitions = DefinitionCache(limits)
         # a cached result or an open breaker on one replica counts on every replica
@@ -174,7 +184,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             if dispatcher is not None:
-                await dispatcher.stop()
+                await dispatcher.stop()  # its "run:released" wake-up still goes out
+            if wakeups is not None:
+                await wakeups.close()
+            await bus.close()  # sends what is left in the outbox
             sampling.cancel()
             with suppress(asyncio.CancelledError):
                 await sampling

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.bus import LocalEventBus
+from app.bus import EventBus
 from app.config import Settings
 from app.engine import ExecutionConfig
 from app.redis_link import RedisLink
@@ -22,7 +22,7 @@ class Services:
 
     settings: Settings
     store: Store
-    bus: LocalEventBus
+    bus: EventBus
     limits: ExecutionConfig
     dispatcher: Dispatcher | None
     definitions: DefinitionCache

@@ -4,9 +4,11 @@ or the list as JSON.
 The stream subscribes to the live bus *before* it reads the log, then yields events
 strictly in sequence order: from the log, then from the live subscription, holding back
 live events that run ahead of the log until the log catches up (so there is no gap and no
-duplicate, whichever replica executes the run). When the live subscription overflows
-(a slow client) or the run executes on another replica, the log alone carries the
-stream, polled every ``POLL`` seconds. ``id:`` is the event's sequence number, so a
+duplicate, whichever replica executes the run). With the Redis bus, events of a run
+executing on another replica arrive live too and are yielded as soon as they come. When
+the live subscription overflows (a slow client, a Redis outage) or no live event comes
+(Redis is down, or absent and the run executes elsewhere), the log carries the stream,
+polled every ``POLL`` seconds. ``id:`` is the event's sequence number, so a
 reconnecting EventSource sends ``Last-Event-ID`` and resumes exactly after it.
 """
 
@@ -70,7 +72,7 @@ async def stream_events(
     services: Services, run_id: str, after: int, request: Request | None = None
 ) -> AsyncIterator[bytes]:
     """SSE frames of ``run_id`` after sequence ``after``, ending after the terminal one."""
-    subscription = services.bus.subscribe(run_id)
+    subscription = await services.bus.open(run_id)
     metrics.SSE_CONNECTIONS.inc()
     heartbeat = services.settings.sse_heartbeat_seconds
     loop = asyncio.get_running_loop()
@@ -116,7 +118,7 @@ async def stream_events(
             while event is not None:
                 if event.seq > last:
                     ahead[event.seq] = _from_event(event)
-                event = subscription.queue.get_nowait() if not subscription.queue.empty() else None
+                event = subscription.get_nowait()
             while last + 1 in ahead:
                 seq, type_, frame = ahead.pop(last + 1)
                 yield frame

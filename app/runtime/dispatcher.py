@@ -14,7 +14,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.bus import LocalEventBus
+from app.bus import EventBus
 from app.cache import MeteredBreakers, ServiceCache
 from app.config import Settings
 from app.engine import (
@@ -74,7 +74,7 @@ class Dispatcher:
         self,
         settings: Settings,
         store: Store,
-        bus: LocalEventBus,
+        bus: EventBus,
         definitions: DefinitionCache | None = None,
         *,
         cache: ServiceCache | None = None,

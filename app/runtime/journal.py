@@ -17,7 +17,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from app.bus import LocalEventBus
+from app.bus import EventBus
 from app.engine import Event, EventType
 from app.engine.checkpoint import (
     Checkpoint,
@@ -41,7 +41,7 @@ class RunJournal:
         self,
         store: Store,
         lease: Lease,
-        bus: LocalEventBus,
+        bus: EventBus,
         *,
         flush_seconds: float = 0.1,
         on_lease_lost: Callable[[], None] | None = None,

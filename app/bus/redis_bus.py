@@ -1,0 +1,491 @@
+"""``RedisEventBus``: live events across replicas over Redis pub/sub.
+
+A run's events are published on the replica that executes it. Subscribers on that
+replica get them at once from the in-process fan-out; every event is also queued in a
+bounded *outbox* that a background task sends to the channel ``<prefix>:events:<run>``,
+pipelining whatever accumulated while the previous batch was in flight (one round trip
+per batch). Messages are ``<origin replica id>\\n<json>``, so a replica skips its own.
+
+Each replica holds ONE pub/sub connection (a :class:`_PubSubSession`): it SUBSCRIBEs a
+run's channel when the run gets its first local subscriber and UNSUBSCRIBEs when the
+last one leaves; a reader task turns messages into :class:`Event` objects for the local
+subscriptions. Other channels (the wake-ups of :mod:`app.bus.wakeups`) share it.
+
+Redis is an accelerator, never the source of truth. Nothing here blocks a run: a full
+outbox or a link that is down drops remote delivery (readers on other replicas poll the
+durable log). Every Redis await is bounded by ``link.timeout``; a hung server is caught
+by a PING on the pub/sub connection after ``health_seconds`` of silence. On a failure
+the session is dropped and the link marked down; when the link recovers a new session
+re-subscribes every channel in use and flags every subscription ``overflowed`` so that
+its stream re-reads the log for what it missed.
+
+Errors tree::
+
+    (none raised) — Redis failures mark the link down; delivery degrades to local only
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from redis.asyncio.client import PubSub
+
+from app.bus.local import LocalEventBus, Subscription
+from app.engine import Event, EventType
+from app.redis_link import REDIS_FAILURES, RedisLink
+
+logger = logging.getLogger("flowcore.bus")
+
+#: called with the body of a message another replica sent on a listened channel
+ChannelHandler = Callable[[str], None]
+
+
+def encode_event(event: Event) -> str:
+    """The wire form of an event (``Event.to_dict`` as compact JSON)."""
+    return json.dumps(event.to_dict(), separators=(",", ":"), default=str)
+
+
+def decode_event(body: bytes | str) -> Event:
+    """The inverse of :func:`encode_event`; raises ValueError, KeyError or TypeError."""
+    wire: dict[str, Any] = json.loads(body)
+    return Event(
+        seq=int(wire["seq"]),
+        type=EventType(wire["type"]),
+        run_id=str(wire["run_id"]),
+        node_id=wire.get("node_id"),
+        data=wire.get("data") or {},
+        timestamp=float(wire["timestamp"]),
+    )
+
+
+class _PubSubSession:
+    """One pub/sub connection with its reader and writer tasks.
+
+    The writer alone sends (SUBSCRIBE/UNSUBSCRIBE to match ``wanted()``, and PING after
+    ``health_seconds`` of silence); the reader alone reads. Replies are counted per
+    channel, so a channel is *confirmed* only once every SUBSCRIBE/UNSUBSCRIBE sent for it
+    has been answered and the last one was a SUBSCRIBE.
+    """
+
+    def __init__(
+        self,
+        pubsub: PubSub,
+        *,
+        wanted: Callable[[], set[str]],
+        on_message: Callable[[str, bytes], None],
+        on_failure: Callable[[_PubSubSession, BaseException], None],
+        timeout: float,
+        health_seconds: float,
+    ) -> None:
+        self.pubsub = pubsub
+        self.wanted = wanted
+        self.on_message = on_message
+        self.on_failure = on_failure
+        self.timeout = timeout
+        self.health_seconds = health_seconds
+        self.sent: set[str] = set()  # SUBSCRIBEd (as far as we asked) on this connection
+        self.confirmed: set[str] = set()  # ... and answered: messages flow
+        self.replies_due: dict[str, int] = {}
+        self.waiters: dict[str, asyncio.Future[None]] = {}
+        self.dirty = asyncio.Event()
+        self.heard = asyncio.Event()
+        self.last_heard = asyncio.get_running_loop().time()
+        self.stopped = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._read_loop(), name="flowcore-bus-reader"),
+            loop.create_task(self._write_loop(), name="flowcore-bus-writer"),
+        ]
+        self.dirty.set()
+
+    async def wait_live(self, channels: Iterable[str]) -> bool:
+        """Wait (at most ``timeout``) until ``channels`` are confirmed; False if not."""
+        pending = [self._waiter(c) for c in channels if c not in self.confirmed]
+        if not pending or self.stopped:
+            return not self.stopped
+        self.dirty.set()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await asyncio.shield(asyncio.gather(*pending))
+        except TimeoutError:
+            return False
+        return not self.stopped
+
+    def _waiter(self, channel: str) -> asyncio.Future[None]:
+        waiter = self.waiters.get(channel)
+        if waiter is None:
+            waiter = self.waiters[channel] = asyncio.get_running_loop().create_future()
+        return waiter
+
+    def stop(self) -> None:
+        """Cancel the tasks and release every waiter (``aclose`` frees the connection)."""
+        self.stopped = True
+        for task in self._tasks:
+            task.cancel()
+        for waiter in self.waiters.values():
+            if not waiter.done():
+                waiter.set_result(None)
+        self.waiters.clear()
+
+    async def aclose(self) -> None:
+        self.stop()
+        for task in self._tasks:
+            await _settle(task, self.timeout + self.health_seconds)
+        await _close_pubsub(self.pubsub, self.timeout)
+
+    # ------------------------------------------------------------------- writer
+
+    async def _write_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.stopped:
+                idle = False
+                try:
+                    async with asyncio.timeout(self.health_seconds):
+                        await self.dirty.wait()
+                except TimeoutError:
+                    idle = True
+                if self.dirty.is_set():
+                    self.dirty.clear()
+                    await self._reconcile()
+                elif idle and loop.time() - self.last_heard >= self.health_seconds:
+                    await self._ping()
+        except Exception as exc:
+            self._failed(exc)
+
+    async def _reconcile(self) -> None:
+        wanted = self.wanted()
+        subscribe = sorted(wanted - self.sent)
+        unsubscribe = sorted(self.sent - wanted)
+        # the bookkeeping comes first: the reader may see a reply before we resume
+        async with asyncio.timeout(self.timeout):
+            if subscribe:
+                self.sent.update(subscribe)
+                self._expect_replies(subscribe)
+                await self.pubsub.subscribe(*subscribe)
+            if unsubscribe:
+                self.sent.difference_update(unsubscribe)
+                self.confirmed.difference_update(unsubscribe)
+                self._expect_replies(unsubscribe)
+                await self.pubsub.unsubscribe(*unsubscribe)
+
+    def _expect_replies(self, channels: list[str]) -> None:
+        for channel in channels:
+            self.replies_due[channel] = self.replies_due.get(channel, 0) + 1
+
+    async def _ping(self) -> None:
+        """A silent connection may be a hung server: PING, and expect an answer."""
+        self.heard.clear()
+        try:
+            async with asyncio.timeout(self.timeout):
+                await self.pubsub.ping()
+                await self.heard.wait()
+        except TimeoutError:
+            raise TimeoutError("no answer to PING on the pub/sub connection") from None
+
+    # ------------------------------------------------------------------- reader
+
+    async def _read_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while not self.stopped:
+                message = await self.pubsub.get_message(timeout=self.health_seconds)
+                if message is None:
+                    continue
+                self.last_heard = loop.time()
+                self.heard.set()
+                kind = message["type"]
+                if kind == "message":
+                    self.on_message(_text(message["channel"]), message["data"])
+                elif kind in ("subscribe", "unsubscribe"):
+                    self._replied(_text(message["channel"]))
+        except Exception as exc:
+            self._failed(exc)
+
+    def _replied(self, channel: str) -> None:
+        due = self.replies_due.get(channel, 0) - 1
+        if due > 0:
+            self.replies_due[channel] = due
+            return
+        self.replies_due.pop(channel, None)
+        if channel in self.sent:
+            self.confirmed.add(channel)
+            waiter = self.waiters.pop(channel, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def _failed(self, exc: BaseException) -> None:
+        if not self.stopped:
+            self.on_failure(self, exc)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+async def _settle(task: asyncio.Task[None], grace: float) -> None:
+    """Wait (at most ``grace`` seconds) for a task told to stop. Our loops also check a
+    flag: on Python 3.11 a cancellation can be lost inside ``asyncio.wait_for``, which
+    redis-py uses for every send."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        async with asyncio.timeout(grace):
+            await task
+
+
+async def _close_pubsub(pubsub: PubSub, timeout: float) -> None:
+    """Disconnect and give the connection back to the pool; never raises or hangs."""
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(timeout):
+            await pubsub.aclose()  # type: ignore[no-untyped-call]  # untyped in redis-py
+
+
+class RedisEventBus:
+    """The event bus of a replica among several: local fan-out plus Redis pub/sub.
+
+    ``queue_size`` bounds each subscription, ``outbox_size`` the messages waiting to be
+    sent to Redis, ``batch_size`` one pipelined round trip; ``health_seconds`` of silence
+    on the pub/sub connection trigger a PING.
+    """
+
+    def __init__(
+        self,
+        link: RedisLink,
+        replica_id: str,
+        queue_size: int = 1000,
+        *,
+        outbox_size: int = 10_000,
+        batch_size: int = 500,
+        health_seconds: float = 1.0,
+    ) -> None:
+        if "\n" in replica_id:
+            raise ValueError("a replica id cannot contain a newline")
+        self.link = link
+        self.replica_id = replica_id
+        self.outbox_size = outbox_size
+        self.batch_size = batch_size
+        self.health_seconds = health_seconds
+        #: messages that did not reach Redis (outbox full, link down, failed batch)
+        self.dropped = 0
+        self._local = LocalEventBus(queue_size, on_first=self._changed, on_last=self._changed)
+        self._origin = replica_id.encode() + b"\n"
+        self._events_prefix = link.key("events", "")
+        self._handlers: dict[str, ChannelHandler] = {}
+        self._outbox: deque[tuple[str, Event | str]] = deque()
+        self._outbox_ready = asyncio.Event()
+        self._publisher: asyncio.Task[None] | None = None
+        self._session: _PubSubSession | None = None
+        self._closing: set[asyncio.Task[None]] = set()
+        self._running = False
+
+    # ---------------------------------------------------------------- EventBus
+
+    def publish(self, run_id: str, event: Event) -> None:
+        """Deliver to local subscribers now and queue for the other replicas."""
+        self._local.publish(run_id, event)
+        self.send(self._events_prefix + run_id, event)
+
+    async def open(self, run_id: str) -> Subscription:
+        """A subscription to ``run_id``, returned once its channel is SUBSCRIBEd (at
+        once when the link is down: the stream then relies on the log)."""
+        subscription = self._local.subscribe(run_id)
+        try:
+            await self._await_live([self._events_prefix + run_id])
+        except BaseException:
+            subscription.close()
+            raise
+        return subscription
+
+    def subscriber_count(self) -> int:
+        return self._local.subscriber_count()
+
+    async def start(self) -> None:
+        """Start the publisher and, when Redis answers, the pub/sub session."""
+        if self._running:
+            return
+        self._running = True
+        self.link.on_recover.append(self._recovered)
+        self.link.on_state_change.append(self._state_changed)
+        self._publisher = asyncio.get_running_loop().create_task(
+            self._publish_loop(), name="flowcore-bus-publisher"
+        )
+        await self._open_session()
+
+    async def close(self) -> None:
+        """Send what the outbox holds (within the timeout), then stop and disconnect."""
+        if not self._running:
+            return
+        self._running = False
+        with contextlib.suppress(ValueError):
+            self.link.on_recover.remove(self._recovered)
+        with contextlib.suppress(ValueError):
+            self.link.on_state_change.remove(self._state_changed)
+        if self._publisher is not None:
+            # it sends what the outbox holds and returns; past the grace, whatever is
+            # left is dropped
+            self._outbox_ready.set()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                async with asyncio.timeout(max(1.0, 4 * self.link.timeout)):
+                    await asyncio.shield(self._publisher)
+            await _settle(self._publisher, self.link.timeout)
+            self._publisher = None
+        self.dropped += len(self._outbox)
+        self._outbox.clear()
+        session, self._session = self._session, None
+        if session is not None:
+            await session.aclose()
+        for task in list(self._closing):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # ------------------------------------------------------- channels (wake-ups)
+
+    def send(self, channel: str, message: Event | str) -> None:
+        """Queue ``message`` for ``channel`` without waiting; dropped when the outbox is
+        full or the link is down."""
+        if not self._running or not self.link.up or len(self._outbox) >= self.outbox_size:
+            self.dropped += 1
+            return
+        self._outbox.append((channel, message))
+        self._outbox_ready.set()
+
+    async def listen(self, channel: str, handler: ChannelHandler) -> None:
+        """Call ``handler(body)`` for every message other replicas send on ``channel``;
+        returns once the channel is SUBSCRIBEd (at once when the link is down)."""
+        self._handlers[channel] = handler
+        await self._await_live([channel])
+
+    def unlisten(self, channel: str) -> None:
+        self._handlers.pop(channel, None)
+        self._changed(channel)
+
+    def live_channels(self) -> set[str]:
+        """The channels whose messages reach this replica right now."""
+        session = self._session
+        return set(session.confirmed) if session is not None else set()
+
+    # ------------------------------------------------------------------- outbox
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await self._outbox_ready.wait()
+            self._outbox_ready.clear()
+            while self._outbox:
+                try:
+                    await self._send_batch()
+                except Exception:  # a bug must not stop every later message
+                    logger.exception("publishing to redis failed")
+            if not self._running:
+                return  # closing, and the outbox is empty
+
+    async def _send_batch(self) -> None:
+        count = min(len(self._outbox), self.batch_size)
+        batch = [self._outbox.popleft() for _ in range(count)]
+        if not self.link.up:
+            self.dropped += count
+            return
+        pipe = self.link.client.pipeline(transaction=False)
+        for channel, message in batch:
+            body = message if isinstance(message, str) else encode_event(message)
+            pipe.publish(channel, self._origin + body.encode())
+        answered = await self.link.call(lambda _client: pipe.execute(), None)
+        if answered is None:
+            self.dropped += count
+
+    # ------------------------------------------------------------------ session
+
+    def _wanted(self) -> set[str]:
+        channels = {self._events_prefix + run_id for run_id in self._local.run_ids()}
+        channels.update(self._handlers)
+        return channels
+
+    def _changed(self, _name: str) -> None:
+        if self._session is not None:
+            self._session.dirty.set()
+
+    async def _await_live(self, channels: list[str]) -> None:
+        session = self._session
+        if session is None or not self.link.up:
+            return
+        if not await session.wait_live(channels) and session is self._session:
+            self._failed(session, TimeoutError("no answer to SUBSCRIBE"))
+
+    async def _open_session(self) -> _PubSubSession | None:
+        if not self._running or not self.link.up or self._session is not None:
+            return self._session
+        pubsub = self.link.client.pubsub()
+        try:
+            async with asyncio.timeout(self.link.timeout):
+                await pubsub.connect()  # type: ignore[no-untyped-call]  # untyped in redis-py
+        except REDIS_FAILURES as exc:
+            await _close_pubsub(pubsub, self.link.timeout)
+            self.link.mark_down(exc)
+            return None
+        session = _PubSubSession(
+            pubsub,
+            wanted=self._wanted,
+            on_message=self._on_message,
+            on_failure=self._failed,
+            timeout=self.link.timeout,
+            health_seconds=self.health_seconds,
+        )
+        self._session = session
+        session.start()
+        return session
+
+    def _drop_session(self) -> None:
+        session, self._session = self._session, None
+        if session is None:
+            return
+        session.stop()
+        task = asyncio.get_running_loop().create_task(
+            session.aclose(), name="flowcore-bus-disconnect"
+        )
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    def _failed(self, session: _PubSubSession, exc: BaseException) -> None:
+        if session is not self._session:
+            return
+        logger.warning("redis pub/sub failed (%s: %s)", type(exc).__name__, exc)
+        self._drop_session()
+        self.link.mark_down(exc)
+
+    def _state_changed(self, up: bool) -> None:
+        if not up:  # whatever failed, the pub/sub connection is suspect: start afresh
+            self._drop_session()
+
+    async def _recovered(self) -> None:
+        session = await self._open_session()
+        if session is None:
+            return
+        if not await session.wait_live(self._wanted()) and session is self._session:
+            self._failed(session, TimeoutError("no answer to SUBSCRIBE after recovery"))
+        # events sent while the link was down never arrive: streams re-read the log
+        self._local.mark_overflowed()
+
+    def _on_message(self, channel: str, data: bytes) -> None:
+        if data.startswith(self._origin):
+            return  # our own: local subscribers had it straight from publish()
+        _origin, newline, body = data.partition(b"\n")
+        if not newline:
+            return
+        handler = self._handlers.get(channel)
+        try:
+            if handler is not None:
+                handler(body.decode())
+            elif channel.startswith(self._events_prefix):
+                run_id = channel[len(self._events_prefix) :]
+                if self._local.has_subscribers(run_id):
+                    self._local.publish(run_id, decode_event(body))
+        except Exception:
+            logger.exception("a message on %s could not be delivered", channel)

@@ -1,0 +1,77 @@
+"""Two replicas on one Postgres and one Redis: a run executes on one, an SSE client on the
+other receives every event live, in order, without a gap or a duplicate.
+
+Replica A runs the dispatcher; replica B serves the API only, so the run can only execute
+on A. B's log poll is pushed out to 60 s: the stream can only finish in time if the
+events reach B live over Redis (and the test fails, by its deadline, if they do not).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from app.api import events as events_api
+from tests.redis_support import require_redis, unique_prefix
+from tests.service.support import (
+    MakeSettings,
+    Serve,
+    chain,
+    events_json,
+    finished,
+    post_workflow,
+    read_sse,
+    sse_lines,
+    start_run,
+    unique,
+)
+
+pytestmark = pytest.mark.slow
+
+NODES = 12
+
+
+def slow_chain(workflow_id: str) -> dict[str, Any]:
+    nodes = [{"id": f"step{i}", "type": "delay", "config": {"seconds": 0.03}} for i in range(NODES)]
+    return chain(workflow_id, *nodes)
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_an_sse_client_on_one_replica_sees_a_run_on_the_other_live(
+    serve: Serve, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    redis_url = require_redis()
+    prefix = unique_prefix()
+    monkeypatch.setattr(events_api, "POLL", 60.0)
+    executor_settings = make_settings(redis_url=redis_url, redis_prefix=prefix)
+    viewer_settings = make_settings(
+        redis_url=redis_url, redis_prefix=prefix, dispatcher_enabled=False
+    )
+    workflow_id = unique("live")
+    async with serve(executor_settings) as a, serve(viewer_settings) as b:
+        await post_workflow(b, slow_chain(workflow_id))
+        # submitted to B, executed on A (B has no dispatcher), watched on B
+        run = await start_run(b, workflow_id, {})
+        async with (
+            asyncio.timeout(30),
+            b.stream(
+                "GET", f"/v1/runs/{run['run_id']}/events", headers={"Accept": "text/event-stream"}
+            ) as response,
+        ):
+            reader = await read_sse(sse_lines(response))
+        done = await finished(a, run["run_id"])
+        assert done["status"] == "succeeded"
+
+    seqs = [frame.id for frame in reader.frames]
+    assert seqs == list(range(1, len(seqs) + 1)), seqs  # in order, no gap, no duplicate
+    kinds = [frame.event for frame in reader.frames]
+    assert kinds[-1] == "run.succeeded"
+    assert [f.data["node_id"] for f in reader.frames if f.event == "node.completed"] == [
+        f"step{i}" for i in range(NODES)
+    ]
+    # exactly what the durable log holds
+    async with serve(viewer_settings) as c:
+        logged = await events_json(c, run["run_id"])
+    assert [(e["seq"], e["type"]) for e in logged] == list(zip(seqs, kinds, strict=True))
