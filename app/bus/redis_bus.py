@@ -38,6 +38,7 @@ from redis.asyncio.client import PubSub
 
 from app.bus.local import LocalEventBus, Subscription
 from app.engine import Event, EventType
+from app.observability import metrics
 from app.redis_link import REDIS_FAILURES, RedisLink
 
 logger = logging.getLogger("flowcore.bus")
@@ -289,6 +290,11 @@ class RedisEventBus:
 
     # ---------------------------------------------------------------- EventBus
 
+    def _drop(self, count: int) -> None:
+        """Messages that will not reach other replicas (their clients read the log)."""
+        self.dropped += count
+        metrics.RELAY_DROPPED.inc(count)
+
     def publish(self, run_id: str, event: Event) -> None:
         """Deliver to local subscribers now and queue for the other replicas."""
         self._local.publish(run_id, event)
@@ -338,7 +344,7 @@ class RedisEventBus:
                     await asyncio.shield(self._publisher)
             await _settle(self._publisher, self.link.timeout)
             self._publisher = None
-        self.dropped += len(self._outbox)
+        self._drop(len(self._outbox))
         self._outbox.clear()
         session, self._session = self._session, None
         if session is not None:
@@ -353,7 +359,7 @@ class RedisEventBus:
         """Queue ``message`` for ``channel`` without waiting; dropped when the outbox is
         full or the link is down."""
         if not self._running or not self.link.up or len(self._outbox) >= self.outbox_size:
-            self.dropped += 1
+            self._drop(1)
             return
         self._outbox.append((channel, message))
         self._outbox_ready.set()
@@ -391,7 +397,7 @@ class RedisEventBus:
         count = min(len(self._outbox), self.batch_size)
         batch = [self._outbox.popleft() for _ in range(count)]
         if not self.link.up:
-            self.dropped += count
+            self._drop(count)
             return
         pipe = self.link.client.pipeline(transaction=False)
         for channel, message in batch:
@@ -399,7 +405,7 @@ class RedisEventBus:
             pipe.publish(channel, self._origin + body.encode())
         answered = await self.link.call(lambda _client: pipe.execute(), None)
         if answered is None:
-            self.dropped += count
+            self._drop(count)
 
     # ------------------------------------------------------------------ session
 

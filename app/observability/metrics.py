@@ -98,6 +98,11 @@ REDIS_UP = Gauge(
 REDIS_FAILURES = Counter(
     "flowcore_redis_failures_total", "Redis calls that failed or timed out."
 )
+RELAY_DROPPED = Counter(
+    "flowcore_events_relay_dropped_total",
+    "Live events not relayed to other replicas over Redis (down or outbox full); their "
+    "SSE clients read them from the database log instead.",
+)
 DB_POOL_IN_USE = Gauge(
     "flowcore_db_pool_connections_in_use",
     "Database connections checked out of this replica's pool.",
