@@ -4,6 +4,7 @@ other receives every event live, in order, without a gap or a duplicate.
 Replica A runs the dispatcher; replica B serves the API only, so the run can only execute
 on A. B's log poll is pushed out to 60 s: the stream can only finish in time if the
 events reach B live over Redis (and the test fails, by its deadline, if they do not).
+And Redis carries dispatcher wake-ups from one replica to another.
 """
 
 from __future__ import annotations
@@ -75,3 +76,23 @@ async def test_an_sse_client_on_one_replica_sees_a_run_on_the_other_live(
     async with serve(viewer_settings) as c:
         logged = await events_json(c, run["run_id"])
     assert [(e["seq"], e["type"]) for e in logged] == list(zip(seqs, kinds, strict=True))
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+async def test_redis_wakes_an_idle_dispatcher_on_another_replica(
+    serve: Serve, make_settings: MakeSettings
+) -> None:
+    """Without LISTEN/NOTIFY (SQLite) and with a 60 s poll, only the Redis wake-up can make
+    replica A claim a run submitted to replica B within the deadline."""
+    redis_url = require_redis()
+    prefix = unique_prefix()
+    worker = make_settings(redis_url=redis_url, redis_prefix=prefix, poll_seconds=60)
+    front = make_settings(redis_url=redis_url, redis_prefix=prefix, dispatcher_enabled=False)
+    workflow_id = unique("wake")
+    async with serve(worker) as a, serve(front) as b:
+        await post_workflow(b, slow_chain(workflow_id))
+        for _ in range(3):  # each one after A went idle again
+            run = await start_run(b, workflow_id, {})
+            done = await finished(b, run["run_id"], timeout=20)
+            assert done["status"] == "succeeded"
+        assert (await a.get("/readyz")).json()["checks"]["redis"]["state"] == "up"
