@@ -35,6 +35,7 @@ bench: $(UV)  ## benchmark tables (engine vs asyncio floor vs LangGraph)
 	UV_PROJECT_ENVIRONMENT=$(VENV) $(UV) sync --frozen --extra bench --quiet
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.http
+	$(BIN)/python -m bench.redis
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from app.observability import metrics
 
@@ -66,6 +67,10 @@ class RedisLink:
         self.failures = 0  # calls that failed or timed out, ever
         self.on_recover: list[Callable[[], Awaitable[None]]] = []
         self.on_state_change: list[Callable[[bool], None]] = []
+        #: consecutive timed-out calls that mark the link down (a refused connection or
+        #: a dropped one marks it down at once)
+        self.timeouts_to_down = 2
+        self._timeouts = 0
         self._probe: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -81,14 +86,26 @@ class RedisLink:
             return default
         try:
             async with asyncio.timeout(self.timeout):
-                return await fn(self.client)
+                result = await fn(self.client)
         except ResponseError:
             # Redis answered, with an error (a script or command bug): not an outage
             logger.exception("a redis command failed")
             return default
+        except (TimeoutError, RedisTimeoutError) as exc:
+            # one late answer may be this replica's own loop lagging under load; a Redis
+            # that hangs times out every call, so it is down after a few in a row
+            self._timeouts += 1
+            if self._timeouts >= self.timeouts_to_down:
+                self.mark_down(exc)
+            else:
+                self.failures += 1
+                metrics.REDIS_FAILURES.inc()
+            return default
         except REDIS_FAILURES as exc:
             self.mark_down(exc)
             return default
+        self._timeouts = 0
+        return result
 
     def mark_down(self, exc: BaseException) -> None:
         """Record a failure; the first one of an outage starts the recovery probe."""
@@ -124,6 +141,7 @@ class RedisLink:
             with contextlib.suppress(*REDIS_FAILURES):
                 await self.pool.disconnect(inuse_connections=False)
             self.up = True
+            self._timeouts = 0
             self.down_since = None
             logger.warning("redis is back")
             metrics.REDIS_UP.set(1)

@@ -439,7 +439,9 @@ async def test_a_failing_redis_degrades_to_process_breakers_then_recovers(
     else:
         redis_server.pause()
     try:
-        # the process's own breakers take over: this one has seen no failure here
+        # the process's own breakers take over: this one has seen no failure here (a
+        # refused connection marks the link down at once, a hang after two timeouts)
+        await bounded(replica_a.acquire(open_in_redis, policy))
         await bounded(replica_a.acquire(open_in_redis, policy))
         assert not link_a.up
         # and they work: failures open them, an open one refuses, nothing else raises

@@ -360,6 +360,8 @@ async def test_a_failing_redis_degrades_to_memory_then_recovers(
         # A still has its own results; B misses; nobody raises or waits on Redis
         assert await bounded(replica_a.get(before)) == CacheHit("set before")
         assert await bounded(replica_b.get(before)) is None
+        # a refused connection marks the link down at once, a hang after two timeouts
+        assert await bounded(replica_b.get(before)) is None
         assert not link_b.up
         await bounded(replica_b.set(during, "set during", LONG_TTL))
         assert await bounded(replica_b.get(during)) == CacheHit("set during")
@@ -399,3 +401,28 @@ async def test_after_a_restart_a_warm_pool_does_not_take_the_link_down_again(
     assert link.up
     found = await asyncio.gather(*(cache.get(key) for key in keys))
     assert found == [CacheHit(n) for n in range(len(keys))]
+
+
+async def test_one_late_answer_is_not_an_outage_but_timeouts_in_a_row_are(
+    redis_server: RedisServer, private_links: list[RedisLink]
+) -> None:
+    """An overloaded replica may see one call time out although Redis is fine: that alone
+    does not switch it to the fallbacks; consecutive timeouts (a hung Redis) do."""
+    link = private_links[0]
+
+    async def late(_client: object) -> str:
+        await asyncio.sleep(link.timeout * 2)
+        return "never"
+
+    assert await link.call(late, "fallback") == "fallback"
+    assert is_up(link)
+    assert await link.call(lambda client: client.ping(), False) is True  # resets the count
+    assert await link.call(late, "fallback") == "fallback"
+    assert is_up(link)
+    assert await link.call(late, "fallback") == "fallback"
+    assert not is_up(link)
+    await until(lambda: link.up, "the link's recovery")
+
+
+def is_up(link: RedisLink) -> bool:
+    return link.up  # read anew each time (mypy would narrow the attribute)
