@@ -143,6 +143,28 @@ async def pg_transactions(url: str) -> int:
         await admin.close()
 
 
+async def pg_backends(url: str) -> dict[int, float]:
+    """The server processes connected to the database behind ``url``: pid -> the CPU
+    seconds each has used so far (Linux /proc; the server runs on this machine). Read
+    before and after a batch, the difference is what Postgres spent on it in those
+    backends (the WAL writer, checkpointer and the like are not counted)."""
+    import asyncpg
+
+    admin = await asyncpg.connect(PG_ADMIN_DSN)
+    try:
+        rows = await admin.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE datname = $1", _database_of(url)
+        )
+    finally:
+        await admin.close()
+    return {int(row["pid"]): cpu_seconds(int(row["pid"])) for row in rows}
+
+
+def backend_cpu(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the backends in ``after`` used since ``before`` (new ones: all)."""
+    return sum(cpu - before.get(pid, 0.0) for pid, cpu in after.items())
+
+
 @contextlib.asynccontextmanager
 async def scratch_sqlite() -> AsyncIterator[str]:
     """A fresh, migrated SQLite file in a temporary directory."""

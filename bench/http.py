@@ -1,6 +1,6 @@
 """Service benchmarks: durable runs over HTTP and in-process; prints tables, asserts nothing.
 
-    python -m bench.http                   # everything (3-4 minutes, after a quiet machine)
+    python -m bench.http                   # everything (~2 minutes, after a quiet machine)
     python -m bench.http --quick           # smaller batches, one repetition
     python -m bench.http --only durable    # or --only http
     python -m bench.http --markdown        # GitHub tables (for docs/benchmarks-http.md)
@@ -56,8 +56,10 @@ from app.store.db import create_engine
 from app.store.models import NodeResultRow, Run, WorkflowVersion
 from app.store.repository import Store
 from bench._service import (
+    backend_cpu,
     drop_stale_databases,
     percentile,
+    pg_backends,
     pg_transactions,
     plain_dsn,
     postgres_unavailable,
@@ -118,6 +120,8 @@ class Batch:
     server_cpu: float | None = None  # CPU seconds of the server process
     xacts_per_run: float | None = None  # Postgres transactions per run
     commits_per_run: float | None = None  # Flowcore: commit_progress transactions per run
+    db_cpu: float | None = None  # CPU seconds of the database's Postgres backends
+    connections: int | None = None  # connections to the database at the end of the batch
     node_results: int | None = None  # Flowcore: node results in the database afterwards
 
     @property
@@ -174,6 +178,17 @@ def spread(xs: Sequence[float], digits: int = 1) -> str:
     if len(xs) == 1:
         return f"{xs[0]:,.{digits}f}"
     return f"{med(xs):,.{digits}f} ({min(xs):,.{digits}f}-{max(xs):,.{digits}f})"
+
+
+def db_cpu(batches: Sequence[Batch]) -> str:
+    """Median Postgres backend CPU per run, in ms."""
+    values = [b.db_cpu / b.runs for b in batches if b.db_cpu is not None]
+    return f"{med(values) * 1e3:.1f}" if values else "-"
+
+
+def connections(batches: Sequence[Batch]) -> str:
+    values = [b.connections for b in batches if b.connections is not None]
+    return str(max(values)) if values else "-"
 
 
 def failures(batches: Sequence[Batch]) -> str:
@@ -330,7 +345,7 @@ async def flowcore_batch(
             await drive(warmup, concurrency, one)
         commits = service.store.commits
         service.submitted.clear()
-        batch = await drive(runs, concurrency, one)
+        batch = await measured(url, drive(runs, concurrency, one))
         batch.commits_per_run = (service.store.commits - commits) / runs
         await service.check(batch)
     batch.xacts_per_run = (await pg_transactions(url) - before) / (runs + warmup)
@@ -417,9 +432,20 @@ async def langgraph_batch(
 
         if warmup:
             await drive(warmup, concurrency, one)
-        batch = await drive(runs, concurrency, one)
+        batch = await measured(url, drive(runs, concurrency, one))
     batch.xacts_per_run = (await pg_transactions(url) - before) / (runs + warmup)
     return batch
+
+
+async def measured(url: str, batch: Awaitable[Batch]) -> Batch:
+    """``batch``, with the CPU its database's backends used meanwhile and the number of
+    connections to the database at its end."""
+    before = await pg_backends(url)
+    result = await batch
+    after = await pg_backends(url)
+    result.db_cpu = backend_cpu(before, after)
+    result.connections = len(after)
+    return result
 
 
 # --------------------------------------------------------------- section 1: durable
@@ -484,11 +510,13 @@ async def section_durable(args: argparse.Namespace, results: Results) -> list[Ta
             "p50 ms",
             "p99 ms",
             "CPU ms/run",
+            "DB CPU ms/run",
             "DB xacts/run",
+            "DB conns",
             "vs best LangGraph",
             "failed",
         ],
-        "lrrrrrrrl",
+        "lrrrrrrrrrl",
     )
     lg_async = [r for r in runners if r.key in ("lg-pool", "lg-conn")]
     best = max(lg_async, key=lambda r: med([b.rate for b in r.batches]), default=None)
@@ -504,7 +532,9 @@ async def section_durable(args: argparse.Namespace, results: Results) -> list[Ta
                 ms(med([percentile(b.latencies, 50) for b in runner.batches])),
                 ms(med([percentile(b.latencies, 99) for b in runner.batches])),
                 f"{med([b.cpu / b.runs for b in runner.batches]) * 1e3:.1f}",
+                db_cpu(runner.batches),
                 f"{med([b.xacts_per_run or 0.0 for b in runner.batches]):.1f}",
+                connections(runner.batches),
                 versus,
                 failures(runner.batches),
             ]
@@ -519,21 +549,26 @@ async def section_durable(args: argparse.Namespace, results: Results) -> list[Ta
         f"previous one finished; {runs} runs per batch (LangGraph durability=sync: "
         f"{runs // 2}) after {warmup} warm-up runs; {args.reps} repetition(s), runners "
         "interleaved, each batch in a fresh database. runs/s: median (min-max).",
-        "Flowcore: Store.create_run, then the Dispatcher (max_concurrent_runs=100, the "
-        "default pool of 10 + 10 connections, LISTEN/NOTIFY wake-ups) claims the run, "
-        "executes it with a RunJournal and commits its outcome; a run is done when its "
-        "outcome is committed. Node results, checkpoints and events commit in fenced "
-        f"transactions: {commits:.1f} commit_progress transactions per run (the engine "
-        "writes checkpoints behind the run, batching what piles up during a commit).",
+        "Flowcore: Store.create_run, then the Dispatcher (max_concurrent_runs=100, "
+        "LISTEN/NOTIFY wake-ups) claims the run, executes it with a RunJournal and commits "
+        "its outcome; a run is done when its outcome is committed. The store's hot path "
+        "runs single-statement transactions on an asyncpg pool as large as the default "
+        "SQLAlchemy pool (10 + 10), which keeps the rest. Node results, checkpoints and "
+        f"events commit in fenced transactions: {commits:.1f} commit_progress transactions "
+        "per run (the engine writes checkpoints behind the run; the journal lets a running "
+        "run's records wait up to event_flush_seconds (0.1 s) to commit together).",
         "LangGraph: StateGraph of 10 `async def` nodes returning {'steps': 1}, compiled "
         "with AsyncPostgresSaver; `await graph.ainvoke({'steps': 0}, {'configurable': "
         "{'thread_id': <new>}}, durability=...)`; durability=async (the default) writes "
         "each step's checkpoint while the next step runs, like Flowcore's journal; sync "
         "waits for it.",
         "ms per durable node: batch wall time / (runs x 10). CPU ms/run: this process's CPU "
-        "time per run (Postgres runs in other processes). DB xacts/run: commits + "
-        "rollbacks pg_stat_database counted in the scratch database, per run (warm-up "
-        "included).",
+        "time per run (Postgres runs in other processes). DB CPU ms/run: CPU of the "
+        "Postgres backends connected to the scratch database during the batch (/proc; "
+        "not the WAL writer or checkpointer), per run. DB xacts/run: commits + rollbacks "
+        "pg_stat_database counted in the scratch database, per run (warm-up included). "
+        "DB conns: connections to the scratch database at the end of the batch (Flowcore: "
+        "both pools and its LISTEN connection).",
     ]
     if lg_missing is not None:
         table.notes.append(f"LangGraph's Postgres checkpointer is not installed: {lg_missing}")
@@ -662,6 +697,24 @@ async def wait_run(client: httpx.AsyncClient, workflow_id: str) -> Outcome:
     return Outcome(time.perf_counter() - start, ok, error=error)
 
 
+@contextlib.asynccontextmanager
+async def http_clients(base_url: str) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """CLIENTS clients of one keep-alive connection each. (One client with a pool of
+    CLIENTS connections does the same requests, but httpcore's pool scans all of its
+    connections, polling each socket, on every request and response: with 100 of them
+    that took ~15 ms of the load generator's CPU per run, on the CPUs the server
+    shares.)"""
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [
+            await stack.enter_async_context(
+                httpx.AsyncClient(base_url=base_url, limits=limits, timeout=httpx.Timeout(60.0))
+            )
+            for _ in range(CLIENTS)
+        ]
+        yield clients
+
+
 async def http_batch(
     dialect: str, mode: str, runs: int, warmup: int, probes: int
 ) -> tuple[Batch, list[Outcome]]:
@@ -669,20 +722,25 @@ async def http_batch(
     then (SSE) ``probes`` runs one at a time on the idle server."""
     async with scratch_database(dialect) as url:
         before = await pg_transactions(url) if dialect == "postgres" else None
-        async with serve(url, SERVER_ENV) as server:
-            limits = httpx.Limits(max_connections=CLIENTS, max_keepalive_connections=CLIENTS)
-            async with httpx.AsyncClient(
-                base_url=server.base_url, limits=limits, timeout=httpx.Timeout(60.0)
-            ) as client:
-                response = await client.post("/v1/workflows", json=chain(10, NOOP))
-                response.raise_for_status()
-                run = sse_run if mode == "sse" else wait_run
-                one = functools.partial(run, client, response.json()["id"])
-                await drive(warmup, CLIENTS, one)
-                server_cpu = server.cpu()
-                batch = await drive(runs, CLIENTS, one)
-                batch.server_cpu = server.cpu() - server_cpu
-                idle = [await one() for _ in range(probes)] if mode == "sse" else []
+        async with serve(url, SERVER_ENV) as server, http_clients(server.base_url) as clients:
+            response = await clients[0].post("/v1/workflows", json=chain(10, NOOP))
+            response.raise_for_status()
+            run = sse_run if mode == "sse" else wait_run
+            workflow_id = response.json()["id"]
+
+            async def one() -> Outcome:
+                client = clients.pop()  # a worker's own keep-alive connection
+                try:
+                    return await run(client, workflow_id)
+                finally:
+                    clients.append(client)
+
+            await drive(warmup, CLIENTS, one)
+            server_cpu = server.cpu()
+            work = drive(runs, CLIENTS, one)
+            batch = await (measured(url, work) if dialect == "postgres" else work)
+            batch.server_cpu = server.cpu() - server_cpu
+            idle = [await one() for _ in range(probes)] if mode == "sse" else []
         if before is not None:
             total = warmup + runs + len(idle)
             batch.xacts_per_run = (await pg_transactions(url) - before) / total
@@ -716,10 +774,12 @@ async def section_http(args: argparse.Namespace, results: Results) -> list[Table
             "SSE first event p50 / p99 ms",
             "server CPU ms/run",
             "client CPU ms/run",
+            "DB CPU ms/run",
             "DB xacts/run",
+            "DB conns",
             "failed",
         ],
-        "llrrrrrrrl",
+        "llrrrrrrrrrl",
     )
     errors: list[str] = []
     for (dialect, mode), group in batches.items():
@@ -743,7 +803,9 @@ async def section_http(args: argparse.Namespace, results: Results) -> list[Table
                 first_cell,
                 f"{med([(b.server_cpu or 0.0) / b.runs for b in group]) * 1e3:.1f}",
                 f"{med([b.cpu / b.runs for b in group]) * 1e3:.1f}",
+                db_cpu(group),
                 f"{med(xacts):.1f}" if xacts else "-",
+                connections(group),
                 failures(group),
             ]
         )
@@ -752,8 +814,8 @@ async def section_http(args: argparse.Namespace, results: Results) -> list[Table
         f"`python -m app.cli serve --no-migrate` in a subprocess with {SERVER_ENV} and "
         "otherwise default settings (pool of 10 + 10 connections, uvicorn on uvloop with "
         "its access log), on a fresh migrated database per row and repetition.",
-        f"{CLIENTS} httpx.AsyncClient workers sharing a pool of {CLIENTS} keep-alive "
-        "connections, each looping: POST /v1/runs, then GET /v1/runs/{id}/events read to "
+        f"{CLIENTS} workers, each with its own httpx.AsyncClient and keep-alive "
+        "connection, each looping: POST /v1/runs, then GET /v1/runs/{id}/events read to "
         "the end of the stream (or: POST /v1/runs?wait=30, answered when the run finished). "
         f"{runs} runs per batch after {warmup} warm-up runs; {args.http_reps} "
         "repetition(s); runs/s: median (min-max).",
@@ -761,8 +823,9 @@ async def section_http(args: argparse.Namespace, results: Results) -> list[Table
         "SSE first event: GET sent -> first `event:` line (the `: stream open` comment "
         "before it does not count).",
         "server CPU: the server process's user + system CPU during the batch (/proc); "
-        "client CPU: this process's. DB xacts/run: pg_stat_database commits + rollbacks "
-        "over the server's life (warm-up and idle probes included) per run.",
+        "client CPU: this process's. DB CPU: the Postgres backends' (see table 1). DB "
+        "xacts/run: pg_stat_database commits + rollbacks over the server's life (warm-up "
+        "and idle probes included) per run.",
         f"on this machine the server, Postgres and the clients share {_cpus()} CPUs.",
     ]
     table.notes += [f"failed: {e}" for e in errors]

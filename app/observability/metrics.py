@@ -95,9 +95,7 @@ REDIS_UP = Gauge(
     "1 when Redis answers, 0 while the replica runs on its in-process fallbacks.",
     multiprocess_mode="min",
 )
-REDIS_FAILURES = Counter(
-    "flowcore_redis_failures_total", "Redis calls that failed or timed out."
-)
+REDIS_FAILURES = Counter("flowcore_redis_failures_total", "Redis calls that failed or timed out.")
 RELAY_DROPPED = Counter(
     "flowcore_events_relay_dropped_total",
     "Live events not relayed to other replicas over Redis (down or outbox full); their "
@@ -133,6 +131,8 @@ def sample() -> None:
     for sampler in list(SAMPLERS):
         with contextlib.suppress(Exception):  # a sampler must never break a scrape
             sampler()
+
+
 LEASE_TAKEOVERS = Counter(
     "flowcore_lease_takeovers_total",
     "Runs claimed again after their lease expired or was released.",

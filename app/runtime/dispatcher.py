@@ -92,6 +92,8 @@ class Dispatcher:
         self.breakers = breakers or MeteredBreakers()
         self.memory_store = InMemoryMemoryStore()
         self.active: dict[str, ActiveRun] = {}
+        #: (workflow id, version) -> its compiled definition (see ``_definition``)
+        self._compiled: dict[tuple[str, int], WorkflowDefinition] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -290,17 +292,25 @@ class Dispatcher:
                 config=config,
                 event_seq=await self.store.last_event_seq(run.id),
             )
-        row = await self.store.get_workflow(
-            run.workflow_id, run.workflow_version, include_archived=True
-        )
-        if row is None:
-            raise WorkflowNotFoundError(
-                f"workflow {run.workflow_id!r} version {run.workflow_version} is gone"
-            )
-        definition = self.definitions.get(row.workflow_id, row.version, row.definition)
+        definition = await self._definition(run.workflow_id, run.workflow_version)
         return await executor.execute(
             definition, run.input, run_id=run.id, config=config, event_sinks=sinks
         )
+
+    async def _definition(self, workflow_id: str, version: int) -> WorkflowDefinition:
+        """The compiled definition of a stored version: a version never changes, so it
+        is read from the database once per process, not once per run."""
+        key = (workflow_id, version)
+        definition = self._compiled.get(key)
+        if definition is None:
+            row = await self.store.get_workflow(workflow_id, version, include_archived=True)
+            if row is None:
+                raise WorkflowNotFoundError(f"workflow {workflow_id!r} version {version} is gone")
+            definition = self.definitions.get(row.workflow_id, row.version, row.definition)
+            if len(self._compiled) >= 512:
+                self._compiled.clear()
+            self._compiled[key] = definition
+        return definition
 
     async def _load(self, run_id: str, sequence: int) -> Checkpoint:
         records = checkpoint_chain(await self.store.checkpoint_records(run_id), sequence)

@@ -1,13 +1,21 @@
 """``RunJournal``: where a service run's checkpoints and events go.
 
 It is both the engine's ``CheckpointStore`` and an ``EventSink`` for one run. Events
-wait in a pending list; each checkpoint record the engine hands over is committed in ONE
-transaction together with the node results it carries and the pending events up to its
-event sequence. Events that no checkpoint picks up (a node that started and is still
-running) are flushed every ``flush_seconds``. Events reach the live bus only once they
-are committed, so what a live client sees is exactly what the log will replay, even if
-the replica dies a moment later. Every commit is fenced on the run's lease; once the
-lease is lost the journal goes quiet and asks for the run to be stopped.
+wait in a pending list; checkpoint records are committed in ONE transaction together
+with the node results they carry and the pending events up to their event sequence (a
+node's result, its checkpoint and its events are never split). Events reach the live bus
+only once they are committed, so what a live client sees is exactly what the log will
+replay, even if the replica dies a moment later. Every commit is fenced on the run's
+lease; once the lease is lost the journal goes quiet and asks for the run to be stopped.
+
+Group commit: records of a *running* run wait up to ``flush_seconds`` for the next ones,
+so a run of quick nodes commits its progress and its outcome in one transaction; a
+record that changes what the run is (waiting, finished) commits at once with everything
+before it. Events that no checkpoint picks up (a node that started and is still running)
+are committed within ``flush_seconds`` of their emission — by the next checkpoint commit
+if one comes first, else by the flusher. What was not committed when the replica dies
+is done again by the replica that takes the run over: a node whose result committed
+never runs again; one whose result had not may (at-least-once, as before).
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Callable
 
 from app.bus import EventBus
@@ -57,6 +66,19 @@ class RunJournal:
         self.finished = False
         self._lock = asyncio.Lock()
         self._flusher: asyncio.Task[None] | None = None
+        self._flushing = False
+        self._closing = False
+        #: checkpoint commits in flight or waiting for the lock, and "there are none"
+        self._appending = 0
+        self._appended = asyncio.Event()
+        #: "running" records not committed yet (at most ``flush_seconds`` old); a
+        #: commit of them that failed turns deferring off (the engine then learns why)
+        self._deferred: list[CheckpointRecord] = []
+        self._deferred_since = 0.0
+        self._defer = flush_seconds > 0
+        #: the flusher sleeps on ``_work`` while there is nothing to commit (``_idle``)
+        self._idle = False
+        self._work = asyncio.Event()
 
     # -- EventSink
 
@@ -64,42 +86,70 @@ class RunJournal:
         if self.lost:
             return
         self.pending.append(event)
+        if self._idle:
+            self._idle = False
+            self._work.set()
 
     # -- CheckpointStore
 
     async def append(self, records: list[CheckpointRecord]) -> None:
         if self.lost or not records:
             return
-        async with self._lock:
-            cut = records[-1].event_seq
-            events = [e for e in self.pending if e.seq <= cut]
-            last = records[-1].status
-            status = last if last in ("running", "waiting") else None
-            outcome = None
-            end = next((e for e in reversed(events) if e.terminal), None)
-            if last in TERMINAL and end is not None:  # the final checkpoint
-                outcome = (last, end.data.get("output"), records[-1].error)
-            try:
-                await self.store.commit_progress(
-                    self.lease,
-                    records,
-                    events,
-                    status=status,
-                    current_nodes=records[-1].frontier,
-                    outcome=outcome,
-                )
-            except LeaseLost:
-                self._lose()
-                return
-            self.finished = outcome is not None
-            self._committed(events, len(records))
+        if self._defer and self._flusher is not None and records[-1].status == "running":
+            # group commit: a run's progress waits up to ``flush_seconds`` for the next
+            # checkpoint (or the flusher), so a run of quick nodes commits in one go
+            if not self._deferred:
+                self._deferred_since = time.time()
+            self._deferred.extend(records)
+            if self._idle:
+                self._idle = False
+                self._work.set()
+            return
+        self._appending += 1
+        self._appended.clear()
+        try:
+            async with self._lock:
+                records = self._deferred + records
+                self._deferred = []
+                await self._commit(records)
+        finally:
+            self._appending -= 1
+            if not self._appending:
+                self._appended.set()
+
+    async def _commit(self, records: list[CheckpointRecord]) -> None:
+        """Commit ``records`` with the events they carry (under the lock)."""
+        events = _carried(self.pending, records[-1].event_seq)
+        last = records[-1].status
+        status = last if last in ("running", "waiting") else None
+        outcome = None
+        end = next((e for e in reversed(events) if e.terminal), None)
+        if last in TERMINAL and end is not None:  # the final checkpoint
+            outcome = (last, end.data.get("output"), records[-1].error)
+        try:
+            await self.store.commit_progress(
+                self.lease,
+                records,
+                events,
+                status=status,
+                current_nodes=records[-1].frontier,
+                outcome=outcome,
+            )
+        except LeaseLost:
+            self._lose()
+            return
+        self.finished = outcome is not None
+        self._committed(events, len(records))
 
     def _committed(self, events: list[Event], records: int = 0) -> None:
         metrics.EVENTS_PUBLISHED.inc(len(events))
+        tokens = sum(1 for e in events if e.type is EventType.NODE_TOKEN)
+        if tokens:
+            metrics.TOKENS_STREAMED.inc(tokens)
         if records:
             metrics.CHECKPOINTS_WRITTEN.inc(records)
-        committed = {id(e) for e in events}
-        self.pending = [e for e in self.pending if id(e) not in committed]
+        # what commits is always the oldest pending events (under the lock)
+        del self.pending[: len(events)]
         for event in events:
             self.bus.publish(self.lease.run_id, event)
 
@@ -126,18 +176,71 @@ class RunJournal:
         self._flusher = asyncio.get_running_loop().create_task(self._flush_loop())
 
     async def _flush_loop(self) -> None:
-        while not self.lost:
-            await asyncio.sleep(self.flush_seconds)
-            await self.flush()
+        """Commit every event no checkpoint has taken within ``flush_seconds`` of its
+        emission. An event a checkpoint carries a moment later (the usual case: a node
+        that starts and completes quickly) costs no transaction of its own."""
+        while not self.lost and not self._closing:
+            if not self.pending and not self._deferred:
+                # nothing to commit: sleep until something arrives (a run waiting for a
+                # signal for hours costs no wake-ups)
+                self._idle = True
+                self._work.clear()
+                await self._work.wait()
+                continue
+            due = self._flush_due()
+            if due > 0:
+                await asyncio.sleep(due)
+                continue
+            if self._appending:
+                # a checkpoint commit is in flight or waiting: it takes the events that
+                # are due (see ``_carried``), and the engine's next one often follows at
+                # once; look again when there is none
+                await self._appended.wait()
+                await asyncio.sleep(0)
+                continue
+            self._flushing = True
+            try:
+                await self.flush(due=True)
+            finally:
+                self._flushing = False
 
-    async def flush(self, *, final: bool = False) -> None:
+    def _flush_due(self) -> float:
+        """Seconds until the oldest deferred record, or the oldest event a flush would
+        commit, is ``flush_seconds`` old (``flush_seconds`` when there is none: what
+        arrives meanwhile waits at most that long, as with a fixed tick)."""
+        due = self.flush_seconds
+        now = time.time()
+        if self._deferred:
+            due = min(due, self._deferred_since + self.flush_seconds - now)
+        pending = self.pending
+        if pending and not _checkpointed(pending[0]):
+            due = min(due, pending[0].timestamp + self.flush_seconds - now)
+        return due
+
+    async def flush(self, *, final: bool = False, due: bool = False) -> None:
         """Commit the events no checkpoint has taken yet — but only up to the first one
         that a checkpoint will carry (a top-level node's outcome, the run's end): that
         one and what follows commit with that checkpoint, in the same transaction as the
-        node results they announce. The ``final`` flush commits everything left."""
-        if self.lost or not self.pending:
+        node results they announce. The ``final`` flush commits everything left; with
+        ``due``, nothing unless the oldest is ``flush_seconds`` old (a checkpoint commit
+        that held the lock meanwhile may have taken the ones that were)."""
+        if self.lost or not (self.pending or self._deferred):
             return
         async with self._lock:
+            if due and self._flush_due() > 0:
+                return
+            if self._deferred:
+                records, self._deferred = self._deferred, []
+                try:
+                    await self._commit(records)
+                except Exception:
+                    if final:
+                        raise
+                    # the engine's next append commits them, and fails with the error
+                    self._deferred = records + self._deferred
+                    self._deferred_since = time.time()
+                    self._defer = False
+                return
             events = list(self.pending)
             if not final:
                 cut = next((i for i, e in enumerate(events) if _checkpointed(e)), None)
@@ -154,11 +257,17 @@ class RunJournal:
 
     async def close(self) -> None:
         """Stop flushing and commit what is left."""
-        flusher = self._flusher
-        self._stop_flusher()
+        flusher, self._flusher = self._flusher, None
+        self._closing = True
         if flusher is not None:
+            # a flush in flight is let finish: cancelling a statement on the wire costs
+            # a cancel request (a new connection to the server) and leaves its outcome
+            # unknown; a sleeping flusher is simply cancelled
+            if not self._flushing:
+                flusher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await flusher
+        await self.flush(final=True)  # the deferred records first, if any
         await self.flush(final=True)
 
     def _stop_flusher(self) -> None:
@@ -188,6 +297,19 @@ class RunJournal:
 _CHECKPOINTED = frozenset(
     {EventType.NODE_COMPLETED, EventType.NODE_FAILED, EventType.NODE_SKIPPED, EventType.RUN_WAITING}
 )
+
+
+def _carried(pending: list[Event], cut: int) -> list[Event]:
+    """The events a checkpoint commit takes: those up to its event sequence ``cut``,
+    and the ones after it that the flusher would commit on its own (up to the next
+    event a later checkpoint carries) — a node that started while the checkpoint before
+    it was written costs no transaction of its own."""
+    end = 0
+    for event in pending:
+        if event.seq > cut and _checkpointed(event):
+            break
+        end += 1
+    return pending[:end]
 
 
 def _checkpointed(event: Event) -> bool:

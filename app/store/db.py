@@ -41,9 +41,61 @@ def create_engine(url: str, pool_size: int = 10, max_overflow: int = 10) -> Asyn
     )
 
 
+async def create_pg_pool(engine: AsyncEngine, max_size: int) -> Any:
+    """An asyncpg pool on ``engine``'s Postgres database for the store's hot path.
+
+    Statements sent through it are plain asyncpg: no ORM, no SQLAlchemy compilation, a
+    prepared-statement cache per connection, and one round trip for a statement that is
+    its own transaction (no BEGIN/COMMIT around it). JSON and JSONB travel as text: the
+    store hands over JSON it encoded with :func:`json_dumps`, reads decode with
+    ``json.loads``."""
+    import asyncpg
+
+    url = engine.url.set(drivername="postgresql")
+    # options SQLAlchemy's dialect understands but a libpq DSN does not
+    query = {k: v for k, v in url.query.items() if k not in _SQLALCHEMY_ONLY_OPTIONS}
+    dsn = url.set(query=query).render_as_string(hide_password=False)
+
+    async def init(connection: Any) -> None:
+        for name in ("json", "jsonb"):
+            await connection.set_type_codec(
+                name, encoder=_identity, decoder=json.loads, schema="pg_catalog", format="text"
+            )
+
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=0,
+        max_size=max_size,
+        init=init,
+        reset=_keep_session,
+        max_inactive_connection_lifetime=300.0,
+    )
+
+
+async def _keep_session(_connection: Any) -> None:
+    """Released connections skip asyncpg's reset query (``RESET ALL; UNLISTEN *; ...``,
+    a round trip and a transaction per use): the store changes no session state on
+    them. An open transaction is still rolled back by the pool before this runs."""
+
+
+_SQLALCHEMY_ONLY_OPTIONS = frozenset(
+    {"prepared_statement_cache_size", "prepared_statement_name_func", "async_fallback"}
+)
+
+
+def _identity(value: str) -> str:
+    return value
+
+
 def _json_dumps(value: Any) -> str:
     # node outputs are meant to be JSON; anything else is stored as its text, not lost
-    return json.dumps(value, separators=(",", ":"), default=str)
+    return _ENCODE(value)
+
+
+#: one encoder for every value (``json.dumps`` with options builds a new one per call)
+_ENCODE = json.JSONEncoder(separators=(",", ":"), default=str).encode
+#: JSON as the store writes it (the engine's ``json_serializer`` too)
+json_dumps = _json_dumps
 
 
 def _sqlite_begin(connection: Any) -> None:

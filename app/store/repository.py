@@ -18,19 +18,32 @@ Errors::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import and_, func, or_, select, text, update
+from sqlalchemy import and_, event, func, or_, select, text, update
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.orm import configure_mappers
+from sqlalchemy.util.concurrency import await_
 
 from app.engine import Event
 from app.engine.checkpoint import CheckpointRecord, NodeCheckpoint
-from app.store.db import db_now, greatest, insert_ignore, is_postgres, ping, sessionmaker
+from app.store.db import (
+    create_pg_pool,
+    db_now,
+    greatest,
+    insert_ignore,
+    is_postgres,
+    json_dumps,
+    ping,
+    sessionmaker,
+)
 from app.store.models import CheckpointRow, EventRow, NodeResultRow, Run, SignalRow, WorkflowVersion
 
 NOTIFY_CHANNEL = "flowcore"
@@ -107,6 +120,46 @@ class Store:
         self.broadcasters: list[Callable[[str], None]] = []
         self._inserts: dict[Any, Any] = {}
         self._listener: Any = None
+        #: Postgres: the asyncpg pool of the hot path (see ``_pg``), opened on first use
+        self._pool: Any = None
+        self._pool_lock = asyncio.Lock()
+        self._progress_sql: dict[tuple[bool, ...], str] = {}
+        if self.postgres:
+            # the pool closes with the engine (``create_app`` disposes of the engine)
+            event.listen(engine.sync_engine, "engine_disposed", self._engine_disposed)
+
+    async def _pg(self) -> Any:
+        """The asyncpg pool of the hot path (Postgres only): as many connections as the
+        engine's pool allows (size + overflow). Every statement sent through it is a
+        transaction of its own: one round trip, no BEGIN/COMMIT."""
+        pool = self._pool
+        if pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    sa_pool: Any = self.engine.pool
+                    size = int(getattr(sa_pool, "size", lambda: 10)())
+                    size += max(0, int(getattr(sa_pool, "_max_overflow", 10)))
+                    self._pool = await create_pg_pool(self.engine, max(2, size))
+                pool = self._pool
+        return pool
+
+    async def close(self) -> None:
+        """Close the hot path's pool (the engine is the caller's to dispose of)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 5)
+            except Exception:
+                pool.terminate()
+
+    def _engine_disposed(self, _engine: Any) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:  # AsyncEngine.dispose runs this inside its greenlet: it may await
+            await_(asyncio.wait_for(pool.close(), 5))
+        except Exception:
+            pool.terminate()
 
     def _session(self) -> AsyncSession:
         return self._sessions()
@@ -223,16 +276,25 @@ class Store:
     async def get_workflow(
         self, workflow_id: str, version: int | None = None, *, include_archived: bool = False
     ) -> WorkflowVersion | None:
-        async with self._session() as session:
-            query = select(WorkflowVersion).where(WorkflowVersion.workflow_id == workflow_id)
+        row: WorkflowVersion | None
+        if self.postgres:
+            pool = await self._pg()
             if version is not None:
-                query = query.where(WorkflowVersion.version == version)
+                record = await pool.fetchrow(_PG_WORKFLOW_VERSION, workflow_id, version)
             else:
-                query = query.order_by(WorkflowVersion.version.desc()).limit(1)
-            row = (await session.execute(query)).scalar_one_or_none()
-            if row is None or (row.archived and not include_archived and version is None):
-                return None
-            return row
+                record = await pool.fetchrow(_PG_WORKFLOW_LATEST, workflow_id)
+            row = _detached(WorkflowVersion, record) if record is not None else None
+        else:
+            async with self._session() as session:
+                query = select(WorkflowVersion).where(WorkflowVersion.workflow_id == workflow_id)
+                if version is not None:
+                    query = query.where(WorkflowVersion.version == version)
+                else:
+                    query = query.order_by(WorkflowVersion.version.desc()).limit(1)
+                row = (await session.execute(query)).scalar_one_or_none()
+        if row is None or (row.archived and not include_archived and version is None):
+            return None
+        return row
 
     async def list_workflows(self, cursor: str | None, limit: int) -> Page:
         """The latest version of each workflow, by id, ``limit`` at a time."""
@@ -302,7 +364,9 @@ class Store:
         """Queue a run. With an idempotency key already used: the same request returns
         the existing run (``created`` False), a different one raises IdempotencyConflict."""
         now = time.time()
-        row = Run(
+        make = _detached if self.postgres else _orm  # (SQLite: the session inserts it)
+        row = make(
+            Run,
             id=run_id,
             workflow_id=workflow.workflow_id,
             workflow_version=workflow.version,
@@ -321,6 +385,8 @@ class Store:
             vars_patch=vars_patch,
             cancel_requested=False,
         )
+        if self.postgres:
+            return await self._pg_create_run(row)
         async with self._session() as session:
             session.add(row)
             await self._notify(session, f"run:{run_id}")
@@ -344,7 +410,41 @@ class Store:
         self._announce(f"run:{run_id}")
         return row, True
 
+    async def _pg_create_run(self, row: Run) -> tuple[Run, bool]:
+        """create_run on Postgres: the INSERT and its notification in one statement."""
+        pool = await self._pg()
+        try:
+            await pool.execute(
+                _PG_CREATE_RUN,
+                row.id,
+                row.workflow_id,
+                row.workflow_version,
+                json_dumps(row.input),
+                json_dumps(row.config),
+                row.idempotency_key,
+                row.request_hash,
+                row.created_at,
+                row.fork_of,
+                json_dumps(row.vars_patch),
+                NOTIFY_CHANNEL,
+            )
+        except _unique_violation() as exc:
+            key = row.idempotency_key
+            existing = await self.run_by_idempotency_key(key) if key is not None else None
+            if existing is None:
+                raise IntegrityError(_PG_CREATE_RUN, None, exc) from exc
+            if existing.request_hash != row.request_hash:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {key!r} was used for a different request (run {existing.id})"
+                ) from None
+            return existing, False
+        self._announce(f"run:{row.id}")
+        return row, True
+
     async def count_queued(self) -> int:
+        if self.postgres:
+            pool = await self._pg()
+            return int(await pool.fetchval("SELECT count(*) FROM runs WHERE status = 'queued'"))
         async with self._session() as session:
             value = (
                 await session.execute(select(func.count()).where(Run.status == "queued"))
@@ -352,12 +452,18 @@ class Store:
             return int(value)
 
     async def run_by_idempotency_key(self, key: str) -> Run | None:
+        if self.postgres:
+            pool = await self._pg()
+            return _run_from(await pool.fetchrow(_PG_RUN_BY_KEY, key))
         async with self._session() as session:
             return (
                 await session.execute(select(Run).where(Run.idempotency_key == key))
             ).scalar_one_or_none()
 
     async def get_run(self, run_id: str) -> Run | None:
+        if self.postgres:
+            pool = await self._pg()
+            return _run_from(await pool.fetchrow(_PG_GET_RUN, run_id))
         async with self._session() as session:
             return await session.get(Run, run_id)
 
@@ -491,6 +597,12 @@ class Store:
         ``FOR UPDATE SKIP LOCKED`` keeps replicas from claiming the same run."""
         if limit <= 0:
             return []
+        if self.postgres:  # one statement: lock, claim and return the rows
+            pool = await self._pg()
+            records = await pool.fetch(_PG_CLAIM, owner, float(lease_seconds), limit)
+            claimed = [_detached(Run, record) for record in records]
+            claimed.sort(key=lambda run: run.created_at)
+            return claimed
         now = db_now(self.engine)
         async with self._session() as session:
             ids = list(
@@ -541,6 +653,14 @@ class Store:
         leases = list(leases)
         if not leases:
             return [], []
+        if self.postgres:  # one statement for every lease
+            pool = await self._pg()
+            ids = [lease.run_id for lease in leases]
+            record = await pool.fetchrow(
+                _PG_HEARTBEAT, ids, [lease.epoch for lease in leases], owner, float(lease_seconds)
+            )
+            kept = set(record["kept"] or ())
+            return [i for i in ids if i not in kept], list(record["cancel"] or ())
         now = db_now(self.engine)
         lost: list[str] = []
         async with self._session() as session:
@@ -571,6 +691,10 @@ class Store:
         return lost, cancel
 
     async def cancel_requested(self, run_id: str) -> bool:
+        if self.postgres:
+            pool = await self._pg()
+            value = await pool.fetchval("SELECT cancel_requested FROM runs WHERE id = $1", run_id)
+            return bool(value)
         async with self._session() as session:
             value = (
                 await session.execute(select(Run.cancel_requested).where(Run.id == run_id))
@@ -617,22 +741,109 @@ class Store:
         lease, as ``finish_run`` does: the final checkpoint, the terminal event and the
         run's status commit together, so a crash cannot leave a log that says the run
         ended on a run that is still 'running' (and that another replica would resume)."""
+        if outcome is not None and outcome[0] not in TERMINAL:
+            raise InvalidTransition(f"{outcome[0]!r} is not a terminal status")
         for attempt in range(3):
             try:
-                await self._commit_progress(
-                    lease,
-                    records,
-                    events,
-                    status=status,
-                    current_nodes=current_nodes,
-                    outcome=outcome,
-                )
+                if self.postgres:
+                    await self._pg_commit_progress(
+                        lease, records, events, status, current_nodes, outcome
+                    )
+                else:
+                    await self._commit_progress(
+                        lease,
+                        records,
+                        events,
+                        status=status,
+                        current_nodes=current_nodes,
+                        outcome=outcome,
+                    )
                 return
             except DBAPIError as exc:
                 # a connection that died (database restart, network blip) is invalidated
                 # and replaced; the commit is idempotent, so it is simply tried again
                 if not exc.connection_invalidated or attempt == 2:
                     raise
+            except _connection_errors():
+                # the same on the asyncpg pool: it replaces a closed connection
+                if attempt == 2:
+                    raise
+
+    async def _pg_commit_progress(
+        self,
+        lease: Lease,
+        records: Sequence[CheckpointRecord],
+        events: Sequence[Event],
+        status: str | None,
+        current_nodes: list[str] | None,
+        outcome: tuple[str, Any, dict[str, Any] | None] | None,
+    ) -> None:
+        """commit_progress on Postgres: ONE statement, so one transaction and one round
+        trip. The fenced UPDATE of the run is a CTE the INSERTs select from: when the
+        fence matches no row (the lease moved), they insert nothing."""
+        now = time.time()
+        run_id = lease.run_id
+        if outcome is not None:  # the outcome sets both
+            status = current_nodes = None
+        args: list[Any] = [run_id, lease.owner, lease.epoch, now]
+        results: list[tuple[str, NodeCheckpoint]] = []
+        if records:
+            results = [item for r in records for item in r.completed.items()]
+        key = (
+            bool(records),
+            bool(results),
+            bool(events),
+            status is not None,
+            current_nodes is not None,
+            outcome is not None,
+        )
+        sql = self._progress_sql.get(key)
+        if sql is None:
+            sql = self._progress_sql[key] = _pg_progress_sql(*key)
+        if events:
+            args.append(events[-1].seq)
+        if records:
+            args.append(records[-1].sequence)
+        if current_nodes is not None:
+            args.append(json_dumps(current_nodes))
+        if status is not None:
+            args.append(status)
+        if outcome is not None:
+            final, output, error = outcome
+            args += [final, json_dumps(output), json_dumps(error), NOTIFY_CHANNEL]
+        if records:
+            args += [
+                [r.sequence for r in records],
+                [r.parent for r in records],
+                [r.status for r in records],
+                [r.event_seq for r in records],
+                [r.created_at for r in records],
+                [json_dumps(_record_json(r)) for r in records],
+            ]
+        if results:
+            args += [
+                [node_id for node_id, _ in results],
+                [n.status for _, n in results],
+                [json_dumps(n.output) for _, n in results],
+                [n.error for _, n in results],
+                [n.error_kind for _, n in results],
+                [n.attempts for _, n in results],
+                [n.started_at for _, n in results],
+                [n.finished_at for _, n in results],
+            ]
+        if events:
+            args += [
+                [e.seq for e in events],
+                [e.type.value for e in events],
+                [e.node_id for e in events],
+                [json_dumps(e.data) for e in events],
+                [e.timestamp for e in events],
+            ]
+        pool = await self._pg()
+        if not await pool.fetchval(sql, *args):
+            raise LeaseLost(f"run {run_id!r} is no longer held by {lease.owner!r}")
+        if outcome is not None:
+            self._announce(f"done:{run_id}")
 
     async def _commit_progress(
         self,
@@ -739,6 +950,25 @@ class Store:
         """Record the outcome and drop the lease (fenced)."""
         if status not in TERMINAL and status != "waiting":
             raise InvalidTransition(f"{status!r} is not an outcome")
+        if self.postgres:  # the fenced UPDATE and its notification in one statement
+            pool = await self._pg()
+            done = await pool.fetchval(
+                _PG_FINISH,
+                lease.run_id,
+                lease.owner,
+                lease.epoch,
+                sources_of(status),
+                status,
+                json_dumps(output),
+                json_dumps(error),
+                time.time() if status in TERMINAL else None,
+                time.time(),
+                NOTIFY_CHANNEL,
+            )
+            if not done:
+                raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
+            self._announce(f"done:{lease.run_id}")
+            return
         async with self._session() as session:
             result = await session.execute(
                 update(Run)
@@ -774,6 +1004,12 @@ class Store:
     # ---------------------------------------------------------------------- reads
 
     async def events_after(self, run_id: str, after_seq: int, limit: int = 500) -> list[EventRow]:
+        if self.postgres:
+            pool = await self._pg()
+            return [
+                _detached(EventRow, r)
+                for r in await pool.fetch(_PG_EVENTS, run_id, after_seq, limit)
+            ]
         async with self._session() as session:
             query = (
                 select(EventRow)
@@ -784,6 +1020,13 @@ class Store:
             return list((await session.execute(query)).scalars())
 
     async def last_event_seq(self, run_id: str) -> int:
+        if self.postgres:
+            pool = await self._pg()
+            return int(
+                await pool.fetchval(
+                    "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = $1", run_id
+                )
+            )
         async with self._session() as session:
             value = (
                 await session.execute(
@@ -849,3 +1092,197 @@ def _node_result_row(
         "finished_at": state.finished_at,
         "committed_at": now,
     }
+
+
+# ----------------------------------------------------------- Postgres statements
+
+_RUN_COLUMNS = ", ".join(column.name for column in Run.__table__.columns)
+_WORKFLOW_COLUMNS = ", ".join(column.name for column in WorkflowVersion.__table__.columns)
+#: the database clock as epoch seconds (see ``db_now``)
+_PG_NOW = "extract(epoch FROM clock_timestamp())::float8"
+_PG_ACTIVE = "('running', 'waiting')"
+
+_PG_CREATE_RUN = """
+WITH created AS (
+    INSERT INTO runs (id, workflow_id, workflow_version, status, input, config,
+        idempotency_key, request_hash, created_at, updated_at, epoch, claims, event_seq,
+        checkpoint_seq, fork_of, vars_patch, cancel_requested)
+    VALUES ($1, $2, $3, 'queued', $4::jsonb, $5::jsonb, $6, $7, $8, $8, 0, 0, 0, 0, $9,
+        $10::jsonb, false)
+    RETURNING id
+)
+SELECT pg_notify($11, 'run:' || id) FROM created
+"""
+_PG_GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1"
+_PG_RUN_BY_KEY = f"SELECT {_RUN_COLUMNS} FROM runs WHERE idempotency_key = $1"
+_PG_WORKFLOW_VERSION = (
+    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE workflow_id = $1 AND version = $2"
+)
+_PG_WORKFLOW_LATEST = (
+    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE workflow_id = $1 "
+    "ORDER BY version DESC LIMIT 1"
+)
+_PG_CLAIM = f"""
+UPDATE runs SET status = 'running', owner = $1, lease_until = {_PG_NOW} + $2,
+    epoch = epoch + 1, claims = claims + 1, started_at = coalesce(started_at, {_PG_NOW}),
+    updated_at = {_PG_NOW}
+WHERE id IN (
+    SELECT id FROM runs
+    WHERE status = 'queued' OR (status IN {_PG_ACTIVE} AND lease_until < {_PG_NOW})
+    ORDER BY created_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING {_RUN_COLUMNS}
+"""
+_PG_HEARTBEAT = f"""
+WITH kept AS (
+    UPDATE runs SET lease_until = {_PG_NOW} + $4
+    FROM unnest($1::text[], $2::int[]) AS lease(id, epoch)
+    WHERE runs.id = lease.id AND runs.epoch = lease.epoch AND runs.owner = $3
+        AND runs.status IN {_PG_ACTIVE}
+    RETURNING runs.id
+)
+SELECT (SELECT array_agg(id) FROM kept) AS kept,
+    (SELECT array_agg(id) FROM runs WHERE id = ANY($1::text[]) AND cancel_requested) AS cancel
+"""
+_PG_FINISH = """
+WITH finished AS (
+    UPDATE runs SET status = $5, output = $6::jsonb, error = $7::jsonb, finished_at = $8,
+        owner = NULL, lease_until = NULL, cancel_requested = false, resume_from = NULL,
+        vars_patch = NULL, current_nodes = '[]'::jsonb, updated_at = $9
+    WHERE id = $1 AND owner = $2 AND epoch = $3 AND status = ANY($4::text[])
+    RETURNING id
+)
+SELECT count(pg_notify($10, 'done:' || id)) FROM finished
+"""
+_PG_EVENTS = (
+    "SELECT run_id, seq, type, node_id, data, created_at FROM events "
+    "WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+)
+
+
+def _pg_progress_sql(
+    records: bool, results: bool, events: bool, status: bool, current: bool, outcome: bool
+) -> str:
+    """The statement of one shape of commit_progress (the shapes are few: cached)."""
+    sets = ["updated_at = $4"]
+    n = 4
+
+    def param() -> str:
+        nonlocal n
+        n += 1
+        return f"${n}"
+
+    if events:
+        sets.append(f"event_seq = greatest(event_seq, {param()})")
+    if records:
+        # the run's own checkpoints now supersede a resume request
+        sets += [f"checkpoint_seq = {param()}", "resume_from = NULL", "vars_patch = NULL"]
+    if current:
+        sets.append(f"current_nodes = {param()}::jsonb")
+    if status:
+        sets.append(f"status = {param()}")
+    notify = ""
+    if outcome:  # (without ``status`` and ``current``: the outcome sets both)
+        sets += [
+            f"status = {param()}",
+            f"output = {param()}::jsonb",
+            f"error = {param()}::jsonb",
+            "finished_at = $4",
+            "owner = NULL",
+            "lease_until = NULL",
+            "cancel_requested = false",
+            "resume_from = NULL",
+            "vars_patch = NULL",
+            "current_nodes = '[]'::jsonb",
+        ]
+        notify = param()
+    parts = [
+        f"WITH fence AS (UPDATE runs SET {', '.join(dict.fromkeys(sets))} "
+        f"WHERE id = $1 AND owner = $2 AND epoch = $3 AND status IN {_PG_ACTIVE} RETURNING id)"
+    ]
+    if records:
+        a = [param() for _ in range(6)]
+        parts.append(
+            "checkpoint_rows AS (INSERT INTO checkpoints "
+            "(run_id, sequence, parent, status, event_seq, created_at, record) "
+            "SELECT fence.id, r.sequence, r.parent, r.status, r.event_seq, r.created_at, "
+            "r.record::jsonb FROM fence, "
+            f"unnest({a[0]}::int[], {a[1]}::int[], {a[2]}::text[], {a[3]}::int[], "
+            f"{a[4]}::float8[], {a[5]}::text[]) "
+            "AS r(sequence, parent, status, event_seq, created_at, record) "
+            "ON CONFLICT DO NOTHING)"
+        )
+    if results:
+        a = [param() for _ in range(8)]
+        parts.append(
+            "result_rows AS (INSERT INTO node_results (run_id, node_id, iteration, status, "
+            "output, error, error_kind, attempts, started_at, finished_at, committed_at) "
+            "SELECT fence.id, r.node_id, 0, r.status, r.output::jsonb, r.error, r.error_kind, "
+            "r.attempts, r.started_at, r.finished_at, $4::float8 FROM fence, "
+            f"unnest({a[0]}::text[], {a[1]}::text[], {a[2]}::text[], {a[3]}::text[], "
+            f"{a[4]}::text[], {a[5]}::int[], {a[6]}::float8[], {a[7]}::float8[]) "
+            "AS r(node_id, status, output, error, error_kind, attempts, started_at, "
+            "finished_at) ON CONFLICT DO NOTHING)"
+        )
+    if events:
+        a = [param() for _ in range(5)]
+        parts.append(
+            "event_rows AS (INSERT INTO events (run_id, seq, type, node_id, data, created_at) "
+            "SELECT fence.id, e.seq, e.type, e.node_id, e.data::jsonb, e.created_at FROM fence, "
+            f"unnest({a[0]}::int[], {a[1]}::text[], {a[2]}::text[], {a[3]}::text[], "
+            f"{a[4]}::float8[]) AS e(seq, type, node_id, data, created_at) "
+            "ON CONFLICT DO NOTHING)"
+        )
+    if outcome:
+        select = f"SELECT count(pg_notify({notify}, 'done:' || id)) FROM fence"
+    else:
+        select = "SELECT count(*) FROM fence"
+    return ",\n".join(parts) + "\n" + select
+
+
+def _run_from(record: Any) -> Run | None:
+    return _detached(Run, record) if record is not None else None
+
+
+_Model = TypeVar("_Model")
+_MANAGERS: dict[type[Any], Any] = {}
+
+
+def _detached(model: type[_Model], values: Any = (), **more: Any) -> _Model:
+    """An instance of ``model`` holding ``values`` (a mapping: a row read with asyncpg)
+    with no session: what the ORM's loader does, without the instrumented constructor
+    (~25 µs per run row). The store hands these out to be read, never to be flushed."""
+    manager = _MANAGERS.get(model)
+    if manager is None:
+        configure_mappers()  # what the first constructor call would do (attribute setup)
+        manager = _MANAGERS[model] = sa_inspect(model).class_manager
+    instance: _Model = manager.new_instance()
+    attributes = instance.__dict__
+    attributes.update(values)
+    attributes.update(more)
+    return instance
+
+
+def _orm(model: type[_Model], **values: Any) -> _Model:
+    return model(**values)
+
+
+def _unique_violation() -> type[Exception]:
+    import asyncpg
+
+    error: type[Exception] = asyncpg.UniqueViolationError
+    return error
+
+
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    """Errors of an asyncpg connection that died (the statement may be retried)."""
+    import asyncpg
+
+    return (
+        OSError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.InterfaceError,
+        asyncpg.exceptions.ConnectionDoesNotExistError,
+    )

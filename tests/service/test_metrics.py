@@ -4,9 +4,13 @@ open circuit breaker; and the engine's MetricsCollector agrees with it."""
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
 import httpx
+import pytest
+from pydantic import BaseModel, ConfigDict
 
+from app.engine import BaseNode, NodeContext, NodeRegistry, NodeResult, WorkflowContext
 from app.observability import metrics
 from tests.service.support import chain, finished, post_workflow, start_run, transform, unique
 
@@ -176,3 +180,48 @@ async def test_metrics_after_an_open_breaker_and_agreement_with_the_metrics_coll
     assert grew("total_workflows") == delta("flowcore_run_duration_seconds_count") == 5
     ran = grew("total_nodes") - grew("cache_hits")
     assert ran == delta("flowcore_node_duration_seconds_count")
+
+
+class TokensConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokens: list[str]
+
+
+class TokensNode(BaseNode):
+    """Streams its configured tokens one by one, like a language-model node."""
+
+    config_model = TokensConfig
+
+    async def execute(
+        self, node_context: NodeContext, workflow_context: WorkflowContext
+    ) -> NodeResult:
+        tokens: list[str] = node_context.config["tokens"]
+        for token in tokens:
+            node_context.emit_token(token)
+        return NodeResult(output={"text": "".join(tokens)})
+
+
+@pytest.fixture
+def tokens_node() -> Iterator[str]:
+    name = unique("test_tokens").replace("-", "_")
+    NodeRegistry.register(name)(TokensNode)
+    try:
+        yield name
+    finally:
+        NodeRegistry.unregister(name)
+
+
+async def test_streamed_tokens_are_counted(client: httpx.AsyncClient, tokens_node: str) -> None:
+    workflow_id = unique("tokens")
+    words = ["Flow", "core", " streams", " tokens"]
+    await post_workflow(
+        client, chain(workflow_id, {"id": "say", "type": tokens_node, "config": {"tokens": words}})
+    )
+    before = (await client.get("/metrics")).text
+    run = await finished(client, (await start_run(client, workflow_id, {}))["run_id"])
+    assert run["status"] == "succeeded"
+    after = (await client.get("/metrics")).text
+    streamed = value(after, "flowcore_tokens_streamed_total") - value(
+        before, "flowcore_tokens_streamed_total"
+    )
+    assert streamed == len(words)

@@ -57,11 +57,21 @@ async def test_metrics_add_up_across_uvicorn_workers(
 
     await poll_until(all_succeeded, 60, "every run to succeed")
 
+    async def scrape() -> str:
+        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as fresh:
+            return (await fresh.get("/metrics", headers={"Connection": "close"})).text
+
+    # a run's outcome commits a moment before its worker counts it
+    async def all_counted() -> bool:
+        text = await scrape()
+        return counter(text, "flowcore_runs_finished_total", workflow_id="mp-chain") == RUNS
+
+    await poll_until(all_counted, 30, "every run to be counted")
+
     # every scrape — on a new connection, so either worker may answer — sees every run
     seen_pids = set()
     for _ in range(8):
-        async with httpx.AsyncClient(base_url=server.base_url, timeout=10) as fresh:
-            text = (await fresh.get("/metrics", headers={"Connection": "close"})).text
+        text = await scrape()
         assert counter(text, "flowcore_runs_finished_total", workflow_id="mp-chain") == RUNS
         assert counter(text, "flowcore_runs_started_total", workflow_id="mp-chain") == RUNS
         assert (
