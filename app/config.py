@@ -62,6 +62,12 @@ class Settings(BaseSettings):
     event_flush_seconds: float = Field(
         0.1, gt=0, description="Events not yet committed with a checkpoint are flushed this often."
     )
+    commit_window_seconds: float = Field(
+        0.02,
+        ge=0,
+        description="Group commit: a running run's checkpoints wait this long for the next "
+        "ones to commit together (more runs per second, later live events; 0: at once).",
+    )
 
     # requests
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Request body limit (413).")

@@ -68,6 +68,20 @@ def _from_event(event: Event) -> tuple[int, str, bytes]:
     return event.seq, event.type.value, _frame(event.seq, event.type.value, payload)
 
 
+def _in_order(ahead: dict[int, tuple[int, str, bytes]], last: int) -> tuple[bytes, int, bool]:
+    """Take the live events that follow ``last`` without a hole out of ``ahead``: their
+    frames joined (one write), the new last sequence, and whether the terminal one was
+    among them."""
+    frames: list[bytes] = []
+    while last + 1 in ahead:
+        seq, type_, frame = ahead.pop(last + 1)
+        frames.append(frame)
+        last = seq
+        if type_ in TERMINAL_TYPES:
+            return b"".join(frames), last, True
+    return b"".join(frames), last, False
+
+
 async def stream_events(
     services: Services, run_id: str, after: int, request: Request | None = None
 ) -> AsyncIterator[bytes]:
@@ -86,15 +100,22 @@ async def stream_events(
             progressed = False
             if read_log:
                 read_log = False
+                frames: list[bytes] = []  # one write for what is ready, not one per event
+                ended = False
                 for row in await services.store.events_after(run_id, last):
                     seq, type_, frame = _from_row(row)
                     if seq != last + 1:
                         break  # a hole the writer has not filled yet: wait for it
-                    yield frame
+                    frames.append(frame)
                     last = seq
-                    progressed = True
                     if type_ in TERMINAL_TYPES:
-                        return
+                        ended = True
+                        break
+                if frames:
+                    progressed = True
+                    yield b"".join(frames)
+                if ended:
+                    return
                 if not progressed and last == after:
                     run = await services.store.get_run(run_id)
                     if run is None:
@@ -104,13 +125,12 @@ async def stream_events(
                         and await services.store.last_event_seq(run_id) <= last
                     ):
                         return  # nothing more will come (a run cancelled while queued)
-            while last + 1 in ahead:
-                seq, type_, frame = ahead.pop(last + 1)
-                yield frame
-                last = seq
+            ready, last, ended = _in_order(ahead, last)
+            if ready:
                 progressed = True
-                if type_ in TERMINAL_TYPES:
-                    return
+                yield ready
+            if ended:
+                return
             # wait for live events; without any for a while, poll the log
             event = await subscription.get(POLL)
             if event is None:
@@ -119,13 +139,12 @@ async def stream_events(
                 if event.seq > last:
                     ahead[event.seq] = _from_event(event)
                 event = subscription.get_nowait()
-            while last + 1 in ahead:
-                seq, type_, frame = ahead.pop(last + 1)
-                yield frame
-                last = seq
+            ready, last, ended = _in_order(ahead, last)
+            if ready:
                 progressed = True
-                if type_ in TERMINAL_TYPES:
-                    return
+                yield ready
+            if ended:
+                return
             if ahead or subscription.overflowed:
                 read_log = True  # live events ran ahead of what we have: fill from the log
                 subscription.overflowed = False

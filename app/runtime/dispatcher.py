@@ -202,6 +202,7 @@ class Dispatcher:
             lease,
             self.bus,
             flush_seconds=self.settings.event_flush_seconds,
+            commit_window=self.settings.commit_window_seconds,
             on_lease_lost=lambda: self._lease_lost(run.id),
         )
         executor.checkpoint_store = journal

@@ -8,8 +8,10 @@ only once they are committed, so what a live client sees is exactly what the log
 replay, even if the replica dies a moment later. Every commit is fenced on the run's
 lease; once the lease is lost the journal goes quiet and asks for the run to be stopped.
 
-Group commit: records of a *running* run wait up to ``flush_seconds`` for the next ones,
-so a run of quick nodes commits its progress and its outcome in one transaction; a
+Group commit: records of a *running* run wait up to ``commit_window`` seconds for the
+next ones, so a run of quick nodes commits its progress and its outcome in one
+transaction (the window is also how long a live client may wait for a node's
+``node.completed``: throughput against latency, 20 ms by default); a
 record that changes what the run is (waiting, finished) commits at once with everything
 before it. Events that no checkpoint picks up (a node that started and is still running)
 are committed within ``flush_seconds`` of their emission — by the next checkpoint commit
@@ -53,12 +55,14 @@ class RunJournal:
         bus: EventBus,
         *,
         flush_seconds: float = 0.1,
+        commit_window: float = 0.02,
         on_lease_lost: Callable[[], None] | None = None,
     ) -> None:
         self.store = store
         self.lease = lease
         self.bus = bus
         self.flush_seconds = flush_seconds
+        self.commit_window = commit_window
         self.on_lease_lost = on_lease_lost
         self.pending: list[Event] = []
         self.lost = False
@@ -71,11 +75,11 @@ class RunJournal:
         #: checkpoint commits in flight or waiting for the lock, and "there are none"
         self._appending = 0
         self._appended = asyncio.Event()
-        #: "running" records not committed yet (at most ``flush_seconds`` old); a
+        #: "running" records not committed yet (at most ``commit_window`` old); a
         #: commit of them that failed turns deferring off (the engine then learns why)
         self._deferred: list[CheckpointRecord] = []
         self._deferred_since = 0.0
-        self._defer = flush_seconds > 0
+        self._defer = commit_window > 0
         #: the flusher sleeps on ``_work`` while there is nothing to commit (``_idle``)
         self._idle = False
         self._work = asyncio.Event()
@@ -96,7 +100,7 @@ class RunJournal:
         if self.lost or not records:
             return
         if self._defer and self._flusher is not None and records[-1].status == "running":
-            # group commit: a run's progress waits up to ``flush_seconds`` for the next
+            # group commit: a run's progress waits up to ``commit_window`` for the next
             # checkpoint (or the flusher), so a run of quick nodes commits in one go
             if not self._deferred:
                 self._deferred_since = time.time()
@@ -211,7 +215,7 @@ class RunJournal:
         due = self.flush_seconds
         now = time.time()
         if self._deferred:
-            due = min(due, self._deferred_since + self.flush_seconds - now)
+            due = min(due, self._deferred_since + self.commit_window - now)
         pending = self.pending
         if pending and not _checkpointed(pending[0]):
             due = min(due, pending[0].timestamp + self.flush_seconds - now)
