@@ -102,10 +102,13 @@ class RunJournal:
         if self._defer and self._flusher is not None and records[-1].status == "running":
             # group commit: a run's progress waits up to ``commit_window`` for the next
             # checkpoint (or the flusher), so a run of quick nodes commits in one go
-            if not self._deferred:
+            first = not self._deferred
+            if first:
                 self._deferred_since = time.time()
             self._deferred.extend(records)
-            if self._idle:
+            if first or self._idle:
+                # the flusher may be asleep until a later deadline (an event's
+                # ``flush_seconds``): the window of these records ends sooner
                 self._idle = False
                 self._work.set()
             return
@@ -193,7 +196,10 @@ class RunJournal:
                 continue
             due = self._flush_due()
             if due > 0:
-                await asyncio.sleep(due)
+                self._work.clear()
+                with contextlib.suppress(TimeoutError):
+                    # woken early when deferred records bring the deadline forward
+                    await asyncio.wait_for(self._work.wait(), due)
                 continue
             if self._appending:
                 # a checkpoint commit is in flight or waiting: it takes the events that

@@ -3,7 +3,9 @@ a scrape, ``/metrics`` counts every worker's runs, each exactly once."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 from pathlib import Path
 
 import httpx
@@ -62,11 +64,15 @@ async def test_metrics_add_up_across_uvicorn_workers(
             return (await fresh.get("/metrics", headers={"Connection": "close"})).text
 
     # a run's outcome commits a moment before its worker counts it
-    async def all_counted() -> bool:
-        text = await scrape()
-        return counter(text, "flowcore_runs_finished_total", workflow_id="mp-chain") == RUNS
-
-    await poll_until(all_counted, 30, "every run to be counted")
+    counted: list[float] = []
+    deadline = time.monotonic() + 30
+    while not counted or counted[-1] != RUNS:
+        assert time.monotonic() < deadline, f"never counted {RUNS} runs: {counted[-5:]}"
+        if counted:
+            await asyncio.sleep(0.1)
+        counted.append(
+            counter(await scrape(), "flowcore_runs_finished_total", workflow_id="mp-chain")
+        )
 
     # every scrape — on a new connection, so either worker may answer — sees every run
     seen_pids = set()
