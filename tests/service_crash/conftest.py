@@ -15,6 +15,7 @@ the path is in every failure message about a server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import signal
@@ -159,9 +160,10 @@ class Server:
         return f"server {self.replica_id} on :{self.port} (log {self.log_path})"
 
     def kill(self) -> None:
-        """SIGKILL, and reap the process."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
+        """SIGKILL the server and every process it started (``--workers``: uvicorn's
+        worker processes would otherwise outlive it), and reap it."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: see spawn
         self.proc.wait(timeout=10)
 
     async def wait_ready(self, deadline: float = READY_DEADLINE) -> None:
@@ -227,6 +229,7 @@ class Servers:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,  # a process group to kill as a whole
             )
         except BaseException:
             log.close()
