@@ -38,6 +38,12 @@ class Settings(BaseSettings):
         1.0, gt=0, description="While Redis is down, how often it is probed."
     )
     redis_prefix: str = Field("flowcore", min_length=1, description="Key and channel prefix.")
+    redis_wakeups: bool | None = Field(
+        None,
+        description="Wake idle dispatchers over Redis too. Unset: only where the database "
+        "has no LISTEN/NOTIFY (SQLite); true: also on Postgres (e.g. behind a "
+        "transaction-pooling proxy, where LISTEN does not work).",
+    )
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
 

@@ -151,7 +151,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         wakeups: RedisWakeups | None = None
         if redis is not None:
             redis_bus = RedisEventBus(redis, settings.replica_id)
-            wakeups = RedisWakeups(redis_bus, store)
+            if settings.redis_wakeups or (settings.redis_wakeups is None and not store.postgres):
+                wakeups = RedisWakeups(redis_bus, store)
             bus = redis_bus
         else:
             bus = LocalEventBus()

@@ -662,7 +662,8 @@ async def section_cost(
         "rotating order. Cells: median (min-max) over rounds; p50/p99: median over rounds.",
         f"server settings: {SERVER_ENV}, otherwise the defaults; Redis: FLOWCORE_REDIS_URL="
         f"{REDIS_URL} and a FLOWCORE_REDIS_PREFIX of its own per batch (cache, breakers, "
-        "live events over pub/sub, dispatcher wake-ups over Redis as well as NOTIFY).",
+        "live events over pub/sub; dispatcher wake-ups stay on NOTIFY: "
+        "FLOWCORE_REDIS_WAKEUPS unset).",
         "server CPU: the server process's user + system CPU over the measured runs (/proc). "
         "Redis server CPU and commands: INFO deltas of the whole Redis server over the "
         "same runs (anything else using that Redis counts too). Client CPU: the bench "
