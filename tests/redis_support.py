@@ -8,6 +8,7 @@ tests; elsewhere they are skipped with a message that says how to enable them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -15,7 +16,9 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -138,3 +141,10 @@ class RedisServer:
     def resume(self) -> None:
         assert self.process is not None
         self.process.send_signal(signal.SIGCONT)
+
+
+async def bounded(call: Awaitable[Any]) -> Any:
+    """A call that must return (not hang) while Redis is down: well over the link's
+    timeout, so it only fails when something waits on Redis without one."""
+    async with asyncio.timeout(3.0):
+        return await call

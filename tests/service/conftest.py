@@ -32,8 +32,10 @@ import uvicorn
 
 from app.config import Settings
 from app.main import create_app
+from app.redis_link import RedisLink
 from app.store.migrate import upgrade
 from app.store.models import Base
+from tests.redis_support import RedisServer
 from tests.service.support import (
     PG_ADMIN_DSN,
     MakeSettings,
@@ -147,3 +149,28 @@ async def client(make_settings: MakeSettings) -> AsyncIterator[httpx.AsyncClient
     """A client of a server with the default test settings on ``database_url``."""
     async with run_server(make_settings()) as http:
         yield http
+
+
+# ------------------------------------------------------------ a private Redis
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, which it may stop, restart, pause and resume."""
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def private_links(redis_server: RedisServer) -> AsyncIterator[list[RedisLink]]:
+    """Two replicas' links to the private server, with short timeouts."""
+    links = [RedisLink(redis_server.url, timeout=0.2, retry_seconds=0.1) for _ in range(2)]
+    try:
+        yield links
+    finally:
+        for link in links:
+            await link.close()

@@ -13,10 +13,8 @@ import asyncio
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
 from prometheus_client import REGISTRY
@@ -30,7 +28,7 @@ from app.engine.breaker import (
 )
 from app.engine.dsl import CircuitBreakerPolicy
 from app.redis_link import RedisLink
-from tests.redis_support import RedisServer, require_redis, unique_prefix
+from tests.redis_support import RedisServer, bounded, require_redis, unique_prefix
 
 HANG_GUARD = 10.0
 #: long enough (in real time, for Redis) that a breaker opened a moment ago is still open
@@ -385,33 +383,6 @@ async def test_the_state_is_one_hash_per_breaker_under_the_prefix(
 
 
 # --------------------------------------------------------- a Redis that fails
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def private_links(redis_server: RedisServer) -> AsyncIterator[list[RedisLink]]:
-    links = [RedisLink(redis_server.url, timeout=0.2, retry_seconds=0.1) for _ in range(2)]
-    try:
-        yield links
-    finally:
-        for link in links:
-            await link.close()
-
-
-async def bounded(call: Awaitable[Any]) -> Any:
-    """A call that must return (not hang) while Redis is down: well over the link's
-    timeout, so it only fails when something waits on Redis without one."""
-    async with asyncio.timeout(3.0):
-        return await call
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:

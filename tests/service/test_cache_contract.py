@@ -13,9 +13,8 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,7 +23,7 @@ from prometheus_client import REGISTRY
 from app.cache import RedisCache, ServiceCache
 from app.engine.cache import Cache, CacheHit
 from app.redis_link import RedisLink
-from tests.redis_support import RedisServer, require_redis, unique_prefix
+from tests.redis_support import RedisServer, bounded, require_redis, unique_prefix
 
 #: a guard against hangs while polling for something that must happen; never a timing
 #: assertion
@@ -311,34 +310,6 @@ async def test_an_entry_redis_cannot_decode_is_a_miss(shared_links: list[RedisLi
 
 
 # --------------------------------------------------------- a Redis that fails
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-async def private_links(redis_server: RedisServer) -> AsyncIterator[list[RedisLink]]:
-    """Two replicas' links to the private server, with short timeouts."""
-    links = [RedisLink(redis_server.url, timeout=0.2, retry_seconds=0.1) for _ in range(2)]
-    try:
-        yield links
-    finally:
-        for link in links:
-            await link.close()
-
-
-async def bounded(call: Awaitable[Any]) -> Any:
-    """A call that must return (not hang) while Redis is down: well over the link's
-    timeout, so it only fails when something waits on Redis without one."""
-    async with asyncio.timeout(3.0):
-        return await call
 
 
 @pytest.mark.slow

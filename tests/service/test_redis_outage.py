@@ -8,8 +8,6 @@ Each test runs its own ``redis-server`` (tests/redis_support.py) so that it can 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,16 +28,6 @@ from tests.service.support import (
 )
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def settings_for(make_settings: MakeSettings, server: RedisServer) -> Any:
