@@ -238,7 +238,7 @@ async def serve(database_url: str, env: dict[str, str]) -> AsyncIterator[Server]
         )
     server = Server(process, f"http://127.0.0.1:{port}", Path(log_name))
     try:
-        await _wait_ready(server)
+        await wait_ready(server.base_url, process, server.log_path)
         yield server
     finally:
         if process.returncode is None:
@@ -252,13 +252,20 @@ async def serve(database_url: str, env: dict[str, str]) -> AsyncIterator[Server]
             server.log_path.unlink()
 
 
-async def _wait_ready(server: Server, timeout: float = 30.0) -> None:
+def _log_tail(path: Path, chars: int = 3000) -> str:
+    return path.read_text(errors="replace")[-chars:]
+
+
+async def wait_ready(
+    base_url: str, process: asyncio.subprocess.Process, log_path: Path, timeout: float = 30.0
+) -> None:
+    """Until the server's /readyz says 200; raises with its log's tail if it exits."""
     deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=2.0) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=2.0) as client:
         while True:
-            if server.process.returncode is not None:
-                tail = server.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the server exited ({server.process.returncode}):\n{tail}")
+            if process.returncode is not None:
+                tail = _log_tail(log_path)
+                raise RuntimeError(f"the server exited ({process.returncode}):\n{tail}")
             with contextlib.suppress(httpx.HTTPError):
                 if (await client.get("/readyz")).status_code == 200:
                     return

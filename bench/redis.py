@@ -65,6 +65,7 @@ from bench._service import (
     postgres_version,
     scratch_postgres,
     wait_for_quiet,
+    wait_ready,
 )
 from bench.common import Table, cpu_model, emit, loadavg, log, revision
 
@@ -192,7 +193,7 @@ async def serve(
         )
     server = Server(name, process, f"http://127.0.0.1:{port}", Path(log_name))
     try:
-        await _wait_ready(server)
+        await wait_ready(server.base_url, process, server.log_path)
         yield server
     finally:
         if process.returncode is None:
@@ -206,21 +207,6 @@ async def serve(
         problems += _problems(name, server.log_path)
         with contextlib.suppress(OSError):
             server.log_path.unlink()
-
-
-async def _wait_ready(server: Server, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    async with httpx.AsyncClient(base_url=server.base_url, timeout=2.0) as client:
-        while True:
-            if server.process.returncode is not None:
-                tail = server.log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the server exited ({server.process.returncode}):\n{tail}")
-            with contextlib.suppress(httpx.HTTPError):
-                if (await client.get("/readyz")).status_code == 200:
-                    return
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server did not become ready in time")
-            await asyncio.sleep(0.1)
 
 
 def redis_env(prefix: str | None) -> dict[str, str]:
