@@ -4,6 +4,7 @@ nothing.
     python -m bench.redis                  # everything (about 4 minutes)
     python -m bench.redis --quick          # one round of smaller batches (about 1¼ min)
     python -m bench.redis --only cost      # or --only sse
+    python -m bench.redis --only cost --cost-configs none,redis --rounds 6   # Redis vs none only
     python -m bench.redis --sse-clients 50,5,150   # the loads of the sse section
     python -m bench.redis --markdown       # GitHub tables (for docs/benchmarks-redis.md)
 
@@ -544,7 +545,11 @@ async def cost_batch(
 async def section_cost(
     args: argparse.Namespace, probe: RedisProbe | None, results: Results
 ) -> list[Table]:
-    configs = [c for c in COST_CONFIGS if probe is not None or not c.redis]
+    configs = [
+        c
+        for c in COST_CONFIGS
+        if (probe is not None or not c.redis) and (c.key in args.cost_configs or c.key == "none")
+    ]
     batches: dict[str, list[CostBatch]] = {c.key: [] for c in configs}
     problems: list[str] = []
     for round_ in range(args.rounds):
@@ -677,6 +682,8 @@ async def section_cost(
     )
     scrape_errors: list[str] = []
     for key, label in (("none", "none"), ("scrape-1", "every 1 s"), ("scrape-0.1", "every 0.1 s")):
+        if key not in batches:
+            continue
         group = batches[key]
         scrapes = [b.scrapes for b in group if b.scrapes is not None]
         cells = ["-"] * 5
@@ -1078,6 +1085,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--rounds", type=int, help="cost rounds (default 3; quick 1)")
     parser.add_argument("--runs", type=int, help="cost runs per batch (default 300; quick 120)")
+    parser.add_argument(
+        "--cost-configs",
+        default=",".join(c.key for c in COST_CONFIGS),
+        help="the cost section's configurations, comma-separated (default: all of "
+        f"{', '.join(c.key for c in COST_CONFIGS)}; none always runs)",
+    )
     parser.add_argument("--sse-rounds", type=int, help="sse rounds (default 2; quick 1)")
     parser.add_argument("--sse-runs", type=int, help="sse runs per batch (default 200; quick 80)")
     parser.add_argument(
@@ -1102,6 +1115,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.sse_rounds = args.sse_rounds or (1 if quick else 2)
     args.sse_runs = args.sse_runs or (80 if quick else 200)
     args.sse_warmup = 10 if quick else 20
+    args.cost_configs = {c.strip() for c in str(args.cost_configs).split(",") if c.strip()}
+    unknown = args.cost_configs - {c.key for c in COST_CONFIGS}
+    if unknown:
+        parser.error(f"unknown cost configuration(s): {', '.join(sorted(unknown))}")
     args.sse_clients = sorted({int(c) for c in str(args.sse_clients).split(",")}, reverse=True)
     return args
 
