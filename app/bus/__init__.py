@@ -31,6 +31,16 @@ class EventBus(Protocol):
         """Open subscriptions of this replica."""
         ...
 
+    def claimed(self, run_id: str) -> None:
+        """``run_id`` now executes on this replica: its events will come from
+        :meth:`publish` here, so its subscribers need nothing from elsewhere."""
+        ...
+
+    def released(self, run_id: str) -> None:
+        """``run_id`` stopped executing here (finished, waiting, taken over or given back):
+        unless it finished here, its next events may come from another replica."""
+        ...
+
     async def start(self) -> None:
         """Start background work (connections, tasks)."""
         ...

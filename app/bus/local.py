@@ -111,14 +111,25 @@ class LocalEventBus:
         """The runs that have at least one subscriber."""
         return list(self._subscribers)
 
-    def mark_overflowed(self) -> None:
-        """Flag every subscription as having lost live events (they re-read the log)."""
-        for subscribers in self._subscribers.values():
+    def mark_overflowed(self, run_id: str | None = None) -> None:
+        """Flag the subscriptions of ``run_id`` (of every run by default) as having lost
+        live events: their streams re-read the log."""
+        if run_id is None:
+            groups = list(self._subscribers.values())
+        else:
+            groups = [self._subscribers.get(run_id, set())]
+        for subscribers in groups:
             for subscription in subscribers:
                 subscription.overflowed = True
 
     def subscriber_count(self) -> int:
         return sum(len(s) for s in self._subscribers.values())
+
+    def claimed(self, run_id: str) -> None:
+        """In one process every run executes here: nothing to do."""
+
+    def released(self, run_id: str) -> None:
+        """In one process every run executes here: nothing to do."""
 
     async def start(self) -> None:
         """Nothing to start in one process."""

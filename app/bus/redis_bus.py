@@ -11,6 +11,14 @@ run's channel when the run gets its first local subscriber and UNSUBSCRIBEs when
 last one leaves; a reader task turns messages into :class:`Event` objects for the local
 subscriptions. Other channels (the wake-ups of :mod:`app.bus.wakeups`) share it.
 
+A run that executes on this replica (between the dispatcher's :meth:`claimed` and
+:meth:`released`) needs no channel: its subscribers here get everything from
+:meth:`publish`, so its channel is not SUBSCRIBEd (or is UNSUBSCRIBEd once it is claimed
+here) and its messages do not come back to us. A run that finished here keeps it so
+until its last subscriber leaves; a run released unfinished (waiting, taken over, given
+back at shutdown) gets its channel again, and its streams re-read the log for whatever
+another replica published before the SUBSCRIBE took effect.
+
 Redis is an accelerator, never the source of truth. Nothing here blocks a run: a full
 outbox or a link that is down drops remote delivery (readers on other replicas poll the
 durable log). Every Redis await is bounded by ``link.timeout``; a hung server is caught
@@ -38,6 +46,7 @@ from redis.asyncio.client import PubSub
 
 from app.bus.local import LocalEventBus, Subscription
 from app.engine import Event, EventType
+from app.engine.events import TERMINAL_EVENTS
 from app.observability import metrics
 from app.redis_link import REDIS_FAILURES, RedisLink
 
@@ -143,6 +152,12 @@ class _PubSubSession:
         if waiter is None:
             waiter = self.waiters[channel] = asyncio.get_running_loop().create_future()
         return waiter
+
+    def release(self, channel: str) -> None:
+        """Stop waiting for ``channel`` (it is no longer wanted)."""
+        waiter = self.waiters.pop(channel, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def stop(self) -> None:
         """Cancel the tasks and release every waiter (``aclose`` frees the connection)."""
@@ -294,7 +309,11 @@ class RedisEventBus:
         self.health_seconds = health_seconds
         #: messages that did not reach Redis (outbox full, link down, failed batch)
         self.dropped = 0
-        self._local = LocalEventBus(queue_size, on_first=self._changed, on_last=self._changed)
+        self._local = LocalEventBus(queue_size, on_first=self._changed, on_last=self._emptied)
+        #: runs executing here -> whether this replica published their terminal event
+        self._here: dict[str, bool] = {}
+        #: runs that finished here and still have subscribers here
+        self._ending: set[str] = set()
         self._origin = replica_id.encode() + b"\n"
         self._events_prefix = link.key("events", "")
         self._handlers: dict[str, ChannelHandler] = {}
@@ -315,18 +334,53 @@ class RedisEventBus:
     def publish(self, run_id: str, event: Event) -> None:
         """Deliver to local subscribers now and queue for the other replicas."""
         self._local.publish(run_id, event)
+        if event.type in TERMINAL_EVENTS and run_id in self._here:
+            self._here[run_id] = True
         self.send(self._events_prefix + run_id, event)
 
     async def open(self, run_id: str) -> Subscription:
         """A subscription to ``run_id``, returned once its channel is SUBSCRIBEd (at
-        once when the link is down: the stream then relies on the log)."""
+        once when the run executes here, or when the link is down: the stream then
+        relies on the log)."""
         subscription = self._local.subscribe(run_id)
+        if self._is_here(run_id):
+            return subscription
         try:
             await self._await_live([self._events_prefix + run_id])
         except BaseException:
             subscription.close()
             raise
         return subscription
+
+    def claimed(self, run_id: str) -> None:
+        """``run_id`` executes here from now on: its channel is not needed."""
+        self._here[run_id] = False
+        self._ending.discard(run_id)
+        if self._local.has_subscribers(run_id):
+            session = self._session
+            if session is not None:
+                session.release(self._events_prefix + run_id)
+            self._changed(run_id)
+
+    def released(self, run_id: str) -> None:
+        """``run_id`` no longer executes here. Finished: its subscribers here already have
+        every event. Otherwise they need its channel again, and the log for whatever was
+        published elsewhere before the channel is live."""
+        finished = self._here.pop(run_id, None)
+        if not self._local.has_subscribers(run_id):
+            return
+        if finished:
+            self._ending.add(run_id)
+            return
+        self._local.mark_overflowed(run_id)
+        self._changed(run_id)
+
+    def _is_here(self, run_id: str) -> bool:
+        return run_id in self._here or run_id in self._ending
+
+    def _emptied(self, run_id: str) -> None:
+        self._ending.discard(run_id)
+        self._changed(run_id)
 
     def subscriber_count(self) -> int:
         return self._local.subscriber_count()
@@ -435,7 +489,11 @@ class RedisEventBus:
     # ------------------------------------------------------------------ session
 
     def _wanted(self) -> set[str]:
-        channels = {self._events_prefix + run_id for run_id in self._local.run_ids()}
+        channels = {
+            self._events_prefix + run_id
+            for run_id in self._local.run_ids()
+            if not self._is_here(run_id)
+        }
         channels.update(self._handlers)
         return channels
 

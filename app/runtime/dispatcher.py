@@ -208,9 +208,12 @@ class Dispatcher:
         executor.checkpoint_store = journal
         active = ActiveRun(lease, journal, executor)
         self.active[run.id] = active
+        self.bus.claimed(run.id)
         active.task = asyncio.get_running_loop().create_task(
             self._execute(active, run), name=f"flowcore-run-{run.id}"
         )
+        # a callback, not a ``finally``: it runs even for a task cancelled before it began
+        active.task.add_done_callback(lambda _task: self.bus.released(run.id))
 
     def _lease_lost(self, run_id: str) -> None:
         run = self.active.get(run_id)

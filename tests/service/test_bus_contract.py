@@ -238,6 +238,85 @@ async def test_a_stream_that_goes_away_while_opening_leaves_nothing_behind(
     await until(lambda: not a.live_channels(), "the UNSUBSCRIBE")
 
 
+async def numsub(bus: RedisEventBus, run_id: str) -> int:
+    """How many pub/sub connections (replicas) Redis has SUBSCRIBEd to ``run_id``."""
+    channel = bus.link.key("events", run_id)
+    [(_name, count)] = await bus.link.client.pubsub_numsub(channel)
+    return int(count)
+
+
+async def test_a_run_executing_here_needs_no_channel_here(
+    replicas: tuple[RedisEventBus, RedisEventBus],
+) -> None:
+    a, b = replicas
+    a.claimed("r1")
+    local = await bounded(a.open("r1"))
+    remote = await b.open("r1")
+    assert await numsub(a, "r1") == 1  # B's
+    for seq in range(1, 21):
+        a.publish("r1", event("r1", seq))
+    assert seqs(await collect(local, 20)) == list(range(1, 21))
+    assert seqs(await collect(remote, 20)) == list(range(1, 21))
+    assert local.get_nowait() is None
+    assert a.link.key("events", "r1") not in a.live_channels()
+
+
+async def test_a_stream_opened_before_its_run_is_claimed_here_drops_the_channel(
+    replicas: tuple[RedisEventBus, RedisEventBus],
+) -> None:
+    a, _ = replicas
+    waiting = await a.open("r1")  # queued, could execute anywhere: SUBSCRIBEd
+    assert await numsub(a, "r1") == 1
+    opening = asyncio.get_running_loop().create_task(a.open("r2"))
+    await asyncio.sleep(0)  # subscribed locally, waiting for its SUBSCRIBE to be answered
+    a.claimed("r1")
+    a.claimed("r2")
+    async with asyncio.timeout(DEADLINE):
+        opened = await opening
+    await until(lambda: not a.live_channels(), "the UNSUBSCRIBEs")
+    assert await numsub(a, "r1") == 0
+    for run_id, subscription in (("r1", waiting), ("r2", opened)):
+        a.publish(run_id, event(run_id, 1))
+        assert seqs(await collect(subscription, 1)) == [1]
+        assert subscription.get_nowait() is None
+
+
+async def test_a_run_released_unfinished_gets_its_channel_back(
+    replicas: tuple[RedisEventBus, RedisEventBus],
+) -> None:
+    a, b = replicas
+    a.claimed("r1")
+    local = await a.open("r1")
+    for seq in (1, 2, 3):
+        a.publish("r1", event("r1", seq))
+    assert seqs(await collect(local, 3)) == [1, 2, 3]
+    a.released("r1")  # taken over, say: its next events come from B
+    assert local.overflowed  # the stream re-reads the log for what B sent before...
+    await until(lambda: a.link.key("events", "r1") in a.live_channels(), "the SUBSCRIBE")
+    for seq in (4, 5, 6):  # ...the channel was live again, and from then on gets it live
+        b.publish("r1", event("r1", seq))
+    assert seqs(await collect(local, 6)) == [4, 5, 6]
+
+
+async def test_a_run_finished_here_keeps_no_channel_while_its_streams_end(
+    replicas: tuple[RedisEventBus, RedisEventBus],
+) -> None:
+    a, _ = replicas
+    a.claimed("r1")
+    local = await a.open("r1")
+    a.publish("r1", event("r1", 1))
+    a.publish("r1", Event(2, EventType.RUN_SUCCEEDED, "r1", None, {}, 1.0))
+    a.released("r1")
+    assert not local.overflowed
+    await a.open("r2")  # a SUBSCRIBE answered: A has matched its channels to what it wants
+    assert a.live_channels() == {a.link.key("events", "r2")}
+    assert seqs(await collect(local, 2)) == [1, 2]
+    local.close()
+    again = await a.open("r1")  # after its streams ended, a run is anybody's again
+    assert a.link.key("events", "r1") in a.live_channels()
+    again.close()
+
+
 @dataclass
 class EventLog:
     """The store's event-log port as the SSE stream reads it: what was committed."""

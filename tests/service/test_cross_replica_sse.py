@@ -5,6 +5,9 @@ Replica A runs the dispatcher; replica B serves the API only, so the run can onl
 on A. B's log poll is pushed out to 60 s: the stream can only finish in time if the
 events reach B live over Redis (and the test fails, by its deadline, if they do not).
 And Redis carries dispatcher wake-ups from one replica to another.
+
+A stream on the replica that executes its run gets it from the in-process fan-out: that
+replica subscribes to no Redis channel for it (nor reads its own messages back).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any
 import pytest
 
 from app.api import events as events_api
+from app.redis_link import RedisLink
 from tests.redis_support import require_redis, unique_prefix
 from tests.service.support import (
     MakeSettings,
@@ -96,3 +100,69 @@ async def test_redis_wakes_an_idle_dispatcher_on_another_replica(
             done = await finished(b, run["run_id"], timeout=20)
             assert done["status"] == "succeeded"
         assert (await a.get("/readyz")).json()["checks"]["redis"]["state"] == "up"
+
+
+async def no_subscriber(probe: RedisLink, channel: str, timeout: float = 10.0) -> None:
+    """Wait until nobody subscribes to ``channel`` (a stream opened before its run was
+    claimed had SUBSCRIBEd, and UNSUBSCRIBEs once it is claimed here)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        [(_name, count)] = await probe.client.pubsub_numsub(channel)
+        if count == 0:
+            return
+        assert loop.time() < deadline, f"{count} subscriber(s) to {channel} after {timeout} s"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+async def test_a_stream_on_the_executing_replica_uses_no_redis_channel(
+    serve: Serve, make_settings: MakeSettings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run waits for a signal, so it is surely still executing on A while Redis is
+    asked who subscribes to its channel: nobody. The stream still gets every event live
+    (a 60 s log poll would time it out)."""
+    redis_url = require_redis()
+    prefix = unique_prefix()
+    monkeypatch.setattr(events_api, "POLL", 60.0)
+    settings = make_settings(redis_url=redis_url, redis_prefix=prefix)
+    workflow_id = unique("here")
+    definition = chain(
+        workflow_id,
+        {"id": "before", "type": "delay", "config": {"seconds": 0.01}},
+        {"id": "gate", "type": "wait", "config": {"signal": "go"}},
+        {"id": "after", "type": "delay", "config": {"seconds": 0.01}},
+    )
+    probe = RedisLink(redis_url, prefix=prefix)
+    channel = probe.key("events", "")
+    try:
+        async with serve(settings) as a:
+            await post_workflow(a, definition)
+            run = await start_run(a, workflow_id, {})
+            run_id = run["run_id"]
+            async with (
+                asyncio.timeout(30),
+                a.stream(
+                    "GET", f"/v1/runs/{run_id}/events", headers={"Accept": "text/event-stream"}
+                ) as response,
+            ):
+                lines = sse_lines(response)
+                reader = await read_sse(lines, stop_after=1)
+                while reader.frames[-1].event != "run.waiting":
+                    await read_sse(lines, reader=reader, stop_after=len(reader.frames) + 1)
+                # the stream is open and the run executes (waits) on A: no subscriber
+                await no_subscriber(probe, channel + run_id)
+                assert (
+                    await a.post(f"/v1/runs/{run_id}/signal", json={"name": "go"})
+                ).status_code == 202
+                await read_sse(lines, reader=reader)
+    finally:
+        await probe.close()
+    seqs = [frame.id for frame in reader.frames]
+    assert seqs == list(range(1, len(seqs) + 1)), seqs
+    assert reader.frames[-1].event == "run.succeeded"
+    assert [f.data["node_id"] for f in reader.frames if f.event == "node.completed"] == [
+        "before",
+        "gate",
+        "after",
+    ]
