@@ -243,10 +243,11 @@ async def post_workflow(base_url: str, raw: Raw) -> str:
 
 
 R = TypeVar("R")
+C = TypeVar("C")
 
 
 async def drive(
-    total: int, pool: list[httpx.AsyncClient], one: Callable[[httpx.AsyncClient], Awaitable[R]]
+    total: int, pool: Sequence[C], one: Callable[[C], Awaitable[R]]
 ) -> tuple[list[R], float, float]:
     """``total`` calls of ``one(client)``, one worker per client, each starting its next
     call when its previous one finished. Returns (outcomes, wall seconds, CPU seconds
@@ -254,7 +255,7 @@ async def drive(
     left = total
     outcomes: list[R] = []
 
-    async def worker(client: httpx.AsyncClient) -> None:
+    async def worker(client: C) -> None:
         nonlocal left
         while left > 0:
             left -= 1
@@ -768,50 +769,112 @@ class Watch:
     open_latency: float | None = None  # GET sent -> ": stream open" read
 
 
+@dataclass(slots=True)
+class Trace:
+    """What one client read of one run's stream."""
+
+    seqs: list[int] = field(default_factory=list)
+    #: node.completed and terminal events: seq -> (type, read at, emitted at), time.time()
+    reads: dict[int, tuple[str, float, float]] = field(default_factory=dict)
+    opened: float | None = None  # time.time() when ": stream open" was read
+    open_latency: float | None = None  # GET sent -> ": stream open" read
+    terminal: str | None = None
+
+
+async def read_stream(client: httpx.AsyncClient, run_id: str) -> Trace:
+    """Read ``run_id``'s SSE stream to its terminal event."""
+    trace = Trace()
+    headers = {"Accept": "text/event-stream"}
+    kind = ""
+    seq = 0
+    get_sent = time.perf_counter()
+    async with client.stream("GET", f"/v1/runs/{run_id}/events", headers=headers) as stream:
+        stream.raise_for_status()
+        async for line in stream.aiter_lines():
+            if line.startswith(":"):
+                if trace.opened is None:  # ": stream open", sent once subscribed
+                    trace.opened = time.time()
+                    trace.open_latency = time.perf_counter() - get_sent
+            elif line.startswith("id:"):
+                seq = int(line[3:])
+                trace.seqs.append(seq)
+            elif line.startswith("event:"):
+                kind = line[6:].strip()
+            elif line.startswith("data:") and (kind == "node.completed" or kind in TERMINAL):
+                now = time.time()
+                trace.reads[seq] = (kind, now, float(json.loads(line[5:])["timestamp"]))
+                if kind in TERMINAL:
+                    trace.terminal = kind
+    return trace
+
+
+def _watch(trace: Trace) -> Watch:
+    watch = Watch(ok=trace.terminal == "run.succeeded", open_latency=trace.open_latency)
+    for kind, read, emitted in trace.reads.values():
+        if kind in TERMINAL:
+            watch.terminal_lag = read - emitted
+        elif trace.opened is not None and emitted >= trace.opened:
+            watch.lags.append(read - emitted)
+        else:
+            watch.early += 1
+    watch.broken = trace.seqs != list(range(1, len(trace.seqs) + 1))
+    if not watch.ok:
+        watch.error = trace.terminal or "no terminal event"
+    return watch
+
+
+async def start(client: httpx.AsyncClient, workflow_id: str) -> str:
+    response = await client.post("/v1/runs", json={"workflow_id": workflow_id})
+    response.raise_for_status()
+    return str(response.json()["run_id"])
+
+
 async def watch_run(client: httpx.AsyncClient, workflow_id: str) -> Watch:
     """POST a run, read its SSE stream to the end; for every node.completed emitted
     after the stream opened (its subscription was live by then), the time from its
     emission on the executing replica to this process reading it."""
-    watch = Watch(ok=False)
-    seqs: list[int] = []
     try:
-        response = await client.post("/v1/runs", json={"workflow_id": workflow_id})
-        response.raise_for_status()
-        run_id = response.json()["run_id"]
-        headers = {"Accept": "text/event-stream"}
-        opened: float | None = None
-        kind = ""
-        terminal: str | None = None
-        get_sent = time.perf_counter()
-        async with client.stream("GET", f"/v1/runs/{run_id}/events", headers=headers) as stream:
-            stream.raise_for_status()
-            async for line in stream.aiter_lines():
-                if line.startswith(":"):
-                    if opened is None:  # ": stream open", sent once subscribed
-                        opened = time.time()
-                        watch.open_latency = time.perf_counter() - get_sent
-                elif line.startswith("id:"):
-                    seqs.append(int(line[3:]))
-                elif line.startswith("event:"):
-                    kind = line[6:].strip()
-                elif line.startswith("data:") and (kind == "node.completed" or kind in TERMINAL):
-                    now = time.time()
-                    emitted = float(json.loads(line[5:])["timestamp"])
-                    if kind in TERMINAL:
-                        terminal = kind
-                        watch.terminal_lag = now - emitted
-                    elif opened is not None and emitted >= opened:
-                        watch.lags.append(now - emitted)
-                    else:
-                        watch.early += 1
+        return _watch(await read_stream(client, await start(client, workflow_id)))
     except (httpx.HTTPError, KeyError, ValueError) as exc:
-        watch.error = f"{type(exc).__name__}: {exc}"
-        return watch
-    watch.broken = seqs != list(range(1, len(seqs) + 1))
-    watch.ok = terminal == "run.succeeded"
-    if not watch.ok:
-        watch.error = terminal or "no terminal event"
-    return watch
+        return Watch(ok=False, error=f"{type(exc).__name__}: {exc}")
+
+
+@dataclass(slots=True)
+class PairWatch:
+    """One run watched at once by a client on A and one on B."""
+
+    a: Watch
+    b: Watch
+    #: node.completed emitted once both streams were open: read on B - read on A
+    hops: list[float] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.a.ok and self.b.ok
+
+
+async def watch_pair(
+    clients_: tuple[httpx.AsyncClient, httpx.AsyncClient], workflow_id: str
+) -> PairWatch:
+    """POST a run to A, then read its stream on A and on B at the same time: the hop of
+    each node.completed is when B's client read it minus when A's did."""
+    on_a, on_b = clients_
+    try:
+        run_id = await start(on_a, workflow_id)
+        trace_a, trace_b = await asyncio.gather(
+            read_stream(on_a, run_id), read_stream(on_b, run_id)
+        )
+    except (httpx.HTTPError, KeyError, ValueError) as exc:
+        failed = Watch(ok=False, error=f"{type(exc).__name__}: {exc}")
+        return PairWatch(failed, failed)
+    pair = PairWatch(_watch(trace_a), _watch(trace_b))
+    if trace_a.opened is not None and trace_b.opened is not None:
+        both = max(trace_a.opened, trace_b.opened)
+        for seq, (kind, read_a, emitted) in trace_a.reads.items():
+            on_b_read = trace_b.reads.get(seq)
+            if kind == "node.completed" and emitted >= both and on_b_read is not None:
+                pair.hops.append(on_b_read[1] - read_a)
+    return pair
 
 
 @dataclass
@@ -845,6 +908,35 @@ async def sse_batch(
         return SseBatch(runs, wall, watches, a.cpu() - cpu_a, b.cpu() - cpu_b)
 
 
+@dataclass
+class PairBatch:
+    runs: int
+    wall: float
+    pairs: list[PairWatch]
+
+    @property
+    def hops(self) -> list[float]:
+        return [hop for p in self.pairs for hop in p.hops]
+
+    @property
+    def rate(self) -> float:
+        return self.runs / self.wall
+
+
+async def pair_batch(
+    workflow_id: str, runs: int, warmup: int, concurrency: int, a: Server, b: Server
+) -> PairBatch:
+    async with clients(a.base_url, concurrency) as on_a, clients(b.base_url, concurrency) as on_b:
+        pool = list(zip(on_a, on_b, strict=True))
+
+        async def one(pair: tuple[httpx.AsyncClient, httpx.AsyncClient]) -> PairWatch:
+            return await watch_pair(pair, workflow_id)
+
+        await drive(warmup, pool, one)
+        pairs, wall, _cpu = await drive(runs, pool, one)
+        return PairBatch(runs, wall, pairs)
+
+
 def sse_runs(args: argparse.Namespace, concurrency: int) -> int:
     """Runs per batch at ``concurrency``: ``--sse-runs`` at the highest load, in
     proportion below it (at least 40)."""
@@ -858,6 +950,7 @@ async def section_sse(
     modes = [True, False] if probe is not None else [False]
     loads: list[int] = args.sse_clients
     batches: dict[tuple[int, bool, str], list[SseBatch]] = {}
+    pair_batches: dict[int, list[PairBatch]] = {}
     problems: list[str] = []
     for round_ in range(args.sse_rounds):
         for i, redis in enumerate(modes if round_ % 2 == 0 else modes[::-1]):
@@ -892,6 +985,25 @@ async def section_sse(
                             f"  {batch.rate:.1f} runs/s, node.completed p50 "
                             f"{ms(percentile(lags, 50))} p99 {ms(percentile(lags, 99))} ms, "
                             f"load {loadavg()}"
+                        )
+                    if redis:
+                        log(
+                            f"sse: {concurrency} concurrent, each run on A and B, round "
+                            f"{round_ + 1}/{args.sse_rounds}"
+                        )
+                        paired = await pair_batch(
+                            workflow_id,
+                            sse_runs(args, concurrency),
+                            args.sse_warmup,
+                            concurrency,
+                            a,
+                            b,
+                        )
+                        pair_batches.setdefault(concurrency, []).append(paired)
+                        hops = paired.hops
+                        log(
+                            f"  {paired.rate:.1f} runs/s, hop B - A p50 "
+                            f"{ms(percentile(hops, 50))} p99 {ms(percentile(hops, 99))} ms"
                         )
             if probe is not None and prefix is not None:
                 await probe.forget(prefix)
@@ -990,7 +1102,70 @@ async def section_sse(
     if errors:
         table.notes.append(f"failed: {len(errors)}, the first: {errors[0][:200]}")
     table.notes += server_problems(problems)
-    return [table]
+    return [table, hop_table(args, pair_batches, results)] if pair_batches else [table]
+
+
+def hop_table(
+    args: argparse.Namespace, pair_batches: dict[int, list[PairBatch]], results: Results
+) -> Table:
+    """Table 3b: the same events read on A and on B at once; the difference is the hop."""
+    table = Table(
+        "3b. The cross-replica hop: each run streamed at once from A (executing) and from B; "
+        "node.completed read on B - read on A",
+        [
+            "concurrent runs",
+            "runs/s",
+            "events counted",
+            "hop p50 ms",
+            "hop p95 ms",
+            "hop p99 ms",
+            "hop max ms",
+            "on A p99 ms",
+            "on B p99 ms",
+            "out of order or gaps",
+            "failed",
+        ],
+        "rrrrrrrrrrl",
+    )
+    errors: list[str] = []
+    for concurrency in args.sse_clients:
+        group = pair_batches.get(concurrency)
+        if not group:
+            continue
+        hop = {q: med([percentile(b.hops, q) for b in group]) for q in (50, 95, 99)}
+        pairs = [p for b in group for p in b.pairs]
+        lags_a = med([percentile([x for p in b.pairs for x in p.a.lags], 99) for b in group])
+        lags_b = med([percentile([x for p in b.pairs for x in p.b.lags], 99) for b in group])
+        table.rows.append(
+            [
+                str(concurrency),
+                spread([b.rate for b in group]),
+                f"{sum(len(b.hops) for b in group):,}",
+                ms(hop[50]),
+                ms(hop[95]),
+                ms(hop[99]),
+                ms(max((max(b.hops) for b in group if b.hops), default=float("nan"))),
+                ms(lags_a),
+                ms(lags_b),
+                str(sum(1 for p in pairs if p.a.broken or p.b.broken)),
+                f"{sum(1 for p in pairs if not p.ok)}/{len(pairs)}",
+            ]
+        )
+        errors += [w.error for p in pairs for w in (p.a, p.b) if w.error is not None]
+        results.hop_p99[concurrency] = hop[99]
+    table.notes += [
+        "with Redis, on the same pair of servers as table 3, after its batches at each load: "
+        "a client on A POSTs a run and reads its stream while a client on B reads the same "
+        "run's stream (so twice the streams of table 3 at the same number of runs). Hop: "
+        "for each node.completed emitted once both streams were open, time.time() when "
+        "this process read it from B minus when it read it from A: Redis pub/sub and B's "
+        "stream, without A's commit and without the emission-to-read time both share. "
+        "p50/p95/p99: median over rounds; on A / on B p99: node.completed latency as in "
+        "table 3, of these streams.",
+    ]
+    if errors:
+        table.notes.append(f"failed: {len(errors)}, the first: {errors[0][:200]}")
+    return table
 
 
 # ---------------------------------------------------------------------------- targets
@@ -1004,6 +1179,8 @@ class Results:
     scrape_cpu_ratio: dict[str, float] = field(default_factory=dict)
     #: (concurrent runs, "A" or "B") -> p99 of node.completed with Redis
     sse_p99: dict[tuple[int, str], float] = field(default_factory=dict)
+    #: concurrent runs -> p99 of the hop (the same event read on B - read on A)
+    hop_p99: dict[int, float] = field(default_factory=dict)
 
 
 def targets_table(results: Results) -> Table:
@@ -1035,6 +1212,14 @@ def targets_table(results: Results) -> Table:
                 f"cross-replica SSE p99 < {CROSS_P99_LIMIT * 1e3:.0f} ms (node.completed, "
                 f"{concurrency} concurrent runs)",
                 f"{ms(p99)} ms" + (f" (same replica: {ms(same)} ms)" if same is not None else ""),
+                "met" if p99 < CROSS_P99_LIMIT else "NOT met",
+            ]
+        )
+    for concurrency, p99 in sorted(results.hop_p99.items(), reverse=True):
+        table.rows.append(
+            [
+                f"... the hop alone (table 3b), {concurrency} concurrent runs",
+                f"{ms(p99)} ms",
                 "met" if p99 < CROSS_P99_LIMIT else "NOT met",
             ]
         )
