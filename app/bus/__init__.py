@@ -37,8 +37,9 @@ class EventBus(Protocol):
         ...
 
     def released(self, run_id: str) -> None:
-        """``run_id`` stopped executing here (finished, waiting, taken over or given back):
-        unless it finished here, its next events may come from another replica."""
+        """``run_id`` stopped executing here (finished, taken over, given back at
+        shutdown): unless it finished here, its next events may come from another
+        replica."""
         ...
 
     async def start(self) -> None:

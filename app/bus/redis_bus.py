@@ -15,7 +15,7 @@ A run that executes on this replica (between the dispatcher's :meth:`claimed` an
 :meth:`released`) needs no channel: its subscribers here get everything from
 :meth:`publish`, so its channel is not SUBSCRIBEd (or is UNSUBSCRIBEd once it is claimed
 here) and its messages do not come back to us. A run that finished here keeps it so
-until its last subscriber leaves; a run released unfinished (waiting, taken over, given
+until its last subscriber leaves; a run released unfinished (taken over elsewhere, given
 back at shutdown) gets its channel again, and its streams re-read the log for whatever
 another replica published before the SUBSCRIBE took effect.
 

@@ -7,9 +7,13 @@ last half-open slot) and reads the time from the Redis server (``TIME`` in the s
 so replicas with skewed clocks agree on when a breaker half-opens. The semantics are
 exactly those of :class:`app.engine.breaker.InMemoryCircuitBreakers`.
 
-While the link is down each replica falls back to its own in-process breakers and
-returns to the shared state when Redis answers again; state gathered during the outage
-is not merged back (Redis is an accelerator, not the source of truth).
+While the link is down each replica falls back to its own in-process breakers. When
+Redis answers again the shared state counts again, and the breakers that opened here
+during the outage are merged into it: one still open here opens the shared one (unless
+that opened, or half-opened, more recently), keeping the time it opened, so every replica
+refuses the failing dependency again. Then the process's breakers start afresh for the
+next outage. What else the process saw (failures below the threshold, trial calls) is
+not merged.
 
 ``MeteredBreakers`` is the in-process store the service uses without Redis: the engine's
 breakers, plus the same metrics. Both update ``BREAKER_STATE`` (1 for the breaker's
@@ -24,7 +28,7 @@ Errors tree::
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from app.engine.breaker import (
@@ -116,6 +120,24 @@ return {from, state}
 """
 )
 
+# ARGV: age (seconds since the breaker opened on the replica), failures.
+# Returns {from, to}. An open breaker from a replica's outage: it opens the shared one,
+# unless that opened (or half-opened) after it.
+_MERGE = (
+    _PRELUDE
+    + """
+local opened = now - tonumber(ARGV[1])
+if state == 'open' and opened_at and opened_at >= opened then return {from, state} end
+if state == 'half_open' and half_opened_at and half_opened_at >= opened then
+  return {from, state}
+end
+redis.call('HSET', KEYS[1], 'state', 'open', 'failures',
+           math.max(failures, tonumber(ARGV[2])), 'opened_at', num(opened),
+           'half_open_calls', 0)
+return {from, 'open'}
+"""
+)
+
 #: what ``link.call`` returns instead of an answer while Redis is unavailable
 _UNAVAILABLE: Any = object()
 
@@ -198,6 +220,10 @@ class RedisCircuitBreakers:
         # EVALSHA, loading the script again on NOSCRIPT (a restarted or flushed Redis)
         self._acquire = link.client.register_script(_ACQUIRE)
         self._record = link.client.register_script(_RECORD)
+        self._merge = link.client.register_script(_MERGE)
+        #: breakers the fallback served during the current outage
+        self._offline: set[str] = set()
+        link.on_recover.append(self.merge_outage)
 
     @property
     def transitions(self) -> deque[Transition]:
@@ -214,6 +240,7 @@ class RedisCircuitBreakers:
             lambda client: self._acquire(keys=[name], args=args, client=client), _UNAVAILABLE
         )
         if reply is _UNAVAILABLE:
+            self._offline.add(key)
             await _observed(self.fallback, self._metrics, key, self.fallback.acquire(key, policy))
             return
         verdict, from_state, to_state, retry_at, now = reply
@@ -228,6 +255,7 @@ class RedisCircuitBreakers:
             lambda client: self._record(keys=[name], args=args, client=client), _UNAVAILABLE
         )
         if reply is _UNAVAILABLE:
+            self._offline.add(key)
             call = self.fallback.record(key, policy, success)
             await _observed(self.fallback, self._metrics, key, call)
             return
@@ -249,6 +277,32 @@ class RedisCircuitBreakers:
             int(calls or 0),
             _number(half_opened_at),
         )
+
+    async def merge_outage(self) -> None:
+        """Carry the breakers that opened in this process while Redis was down into the
+        shared state, then start the process's breakers afresh (the link's recovery
+        callback; on a failure it stops, dropping the rest)."""
+        offline, self._offline = self._offline, set()
+        fallback = self.fallback
+        self.fallback = InMemoryCircuitBreakers(fallback.clock)
+        now = fallback.clock.now()
+        for key in sorted(offline):
+            status = await fallback.status(key)
+            if status.state is not BreakerState.OPEN or status.opened_at is None:
+                continue
+            reply = await self.link.call(
+                self._merge_call(key, max(0.0, now - status.opened_at), status.failures),
+                _UNAVAILABLE,
+            )
+            if reply is _UNAVAILABLE:
+                return  # down again: the rest is dropped, the shared state stays as it is
+            from_state, to_state = reply
+            self._moved(key, from_state, to_state)
+
+    def _merge_call(self, key: str, age: float, failures: int) -> Callable[[Any], Awaitable[Any]]:
+        keys = [self.redis_key(key)]
+        args: list[str | int] = [repr(age), failures]
+        return lambda client: self._merge(keys=keys, args=args, client=client)
 
     def _moved(self, key: str, from_value: Any, to_value: Any) -> None:
         from_state, to_state = BreakerState(_text(from_value)), BreakerState(_text(to_value))

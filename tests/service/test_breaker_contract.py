@@ -109,10 +109,12 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
             await link.close()
 
 
-async def fail(store: CircuitBreakerStore, key: str, times: int) -> None:
+async def fail(
+    store: CircuitBreakerStore, key: str, times: int, policy: CircuitBreakerPolicy = POLICY
+) -> None:
     for _ in range(times):
-        await store.acquire(key, POLICY)
-        await store.record(key, POLICY, success=False)
+        await store.acquire(key, policy)
+        await store.record(key, policy, success=False)
 
 
 async def until_admitted(backend: Backend, key: str) -> None:
@@ -430,14 +432,78 @@ async def test_a_failing_redis_degrades_to_process_breakers_then_recovers(
             redis_server.resume()
 
     await until(lambda: link_a.up, "the link's recovery")
-    # back on Redis: its state counts again, not what the process saw meanwhile
-    await replica_a.acquire(opened_during, policy)
-    assert (await replica_a.status(opened_during)).state is CLOSED
+    # back on Redis, and the breaker that opened on A meanwhile is merged into it: now
+    # B, which saw none of its failures, refuses too
+    await until_open(replica_b, opened_during)
+    with pytest.raises(CircuitOpenError):
+        await replica_b.acquire(opened_during, policy)
+    with pytest.raises(CircuitOpenError):
+        await replica_a.acquire(opened_during, policy)
     if outage == "paused":
         with pytest.raises(CircuitOpenError):  # kept in Redis through the freeze
             await replica_a.acquire(open_in_redis, policy)
+    # the process's own breakers start afresh for the next outage
+    assert (await replica_a.fallback.status(opened_during)).state is CLOSED
     # and it is shared again
+    shared = breaker_key()
     for _ in range(policy.failure_threshold):
-        await replica_a.record(opened_during, policy, success=False)
+        await replica_a.record(shared, policy, success=False)
     with pytest.raises(CircuitOpenError):
-        await replica_b.acquire(opened_during, policy)
+        await replica_b.acquire(shared, policy)
+
+
+async def until_open(breakers: RedisCircuitBreakers, key: str) -> None:
+    give_up = time.monotonic() + HANG_GUARD
+    while True:
+        if (await breakers.status(key)).state is OPEN:
+            return
+        assert time.monotonic() < give_up, f"{key} did not open"
+        await asyncio.sleep(0.02)
+
+
+async def outage_on(link: RedisLink) -> None:
+    """Make ``link`` count Redis as down (Redis itself stays up, so its probe brings the
+    link back after ``retry_seconds``)."""
+    link.mark_down(ConnectionError("a test outage"))
+    assert not link.up
+
+
+async def test_an_outage_merges_only_breakers_opened_after_the_shared_state_moved(
+    shared_links: list[RedisLink],
+) -> None:
+    """Per breaker, at recovery: opened here during the outage and closed in Redis ->
+    open, from when it opened here; opened here but open in Redis since later -> Redis's
+    stands; opened here, then half-opened here (a trial) -> not merged; only failures
+    below the threshold here -> not merged."""
+    link_a, link_b = shared_links
+    link_a.retry_seconds = 0.1
+    policy = CircuitBreakerPolicy(failure_threshold=2, recovery_timeout=600.0)
+    clock = FakeClock()
+    replica_a = RedisCircuitBreakers(link_a, InMemoryCircuitBreakers(clock))
+    replica_b = RedisCircuitBreakers(link_b)
+    closed_shared, opened_later, trial, below = (breaker_key() for _ in range(4))
+
+    await outage_on(link_a)
+    for key in (closed_shared, opened_later, trial):
+        await fail(replica_a, key, policy.failure_threshold, policy)
+    await fail(replica_a, below, policy.failure_threshold - 1, policy)
+    clock.current += 60.0  # a minute later, still during the outage
+    # meanwhile on B (Redis is fine there): opened_later opens, a minute after A's
+    await fail(replica_b, opened_later, policy.failure_threshold, policy)
+    shared_before = await replica_b.status(opened_later)
+    # and A's trial breaker half-opens on A, its recovery timeout having passed
+    clock.current += policy.recovery_timeout
+    await replica_a.acquire(trial, policy)
+    assert (await replica_a.fallback.status(trial)).state is HALF_OPEN
+
+    await until(lambda: link_a.up, "the link's recovery")
+    await until_open(replica_b, closed_shared)
+    merged = await replica_b.status(closed_shared)
+    # it opened a minute plus the recovery timeout ago, by the Redis clock
+    age = time.time() - (merged.opened_at or 0.0)
+    assert 60.0 + policy.recovery_timeout - 5 < age < 60.0 + policy.recovery_timeout + 5
+    assert merged.failures == policy.failure_threshold
+    assert await replica_b.status(opened_later) == shared_before
+    assert (await replica_b.status(trial)).state is CLOSED
+    assert (await replica_b.status(below)).state is CLOSED
+    assert (await replica_b.status(below)).failures == 0
