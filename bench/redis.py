@@ -78,8 +78,9 @@ Raw = dict[str, Any]
 REDIS_URL = os.environ.get("FLOWCORE_BENCH_REDIS", "redis://127.0.0.1:6379/0")
 #: concurrent clients of the cost section (as in bench/http.py)
 CLIENTS = 100
-#: concurrent runs of the cross-replica section: the load asked for, and a light one
-SSE_LOADS = (50, 5)
+#: concurrent runs of the cross-replica section: a load that saturates this machine's 2
+#: cores, a moderate one and a light one
+SSE_LOADS = (50, 20, 5)
 NOOP: Raw = {"type": "noop"}
 DELAY_SECONDS = 0.02
 DELAY_NODE: Raw = {"type": "delay", "config": {"seconds": DELAY_SECONDS}}
@@ -1268,7 +1269,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--revision", help="the revision to print in the header (for a clean export of a commit)"
     )
-    parser.add_argument("--rounds", type=int, help="cost rounds (default 3; quick 1)")
+    parser.add_argument("--rounds", type=int, help="cost rounds (default 4; quick 1)")
     parser.add_argument("--runs", type=int, help="cost runs per batch (default 300; quick 120)")
     parser.add_argument(
         "--cost-configs",
@@ -1281,7 +1282,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sse-clients",
         default=",".join(map(str, SSE_LOADS)),
-        help="concurrent runs of the sse section, comma-separated (default 50,5)",
+        help="concurrent runs of the sse section, comma-separated (default 50,20,5)",
     )
     parser.add_argument(
         "--max-load", type=float, default=1.0, help="wait for a 1-minute load below this"
@@ -1294,7 +1295,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     args = parser.parse_args(argv)
     quick = args.quick
-    args.rounds = args.rounds or (1 if quick else 3)
+    args.rounds = args.rounds or (1 if quick else 4)
     args.runs = args.runs or (120 if quick else 300)
     args.warmup = 20 if quick else 50
     args.sse_rounds = args.sse_rounds or (1 if quick else 2)
