@@ -203,23 +203,33 @@ class Dispatcher:
             self.bus,
             flush_seconds=self.settings.event_flush_seconds,
             commit_window=self.settings.commit_window_seconds,
-            on_lease_lost=lambda: self._lease_lost(run.id),
         )
         executor.checkpoint_store = journal
         active = ActiveRun(lease, journal, executor)
+        # this execution's own: the run may have been claimed here again meanwhile (its
+        # lease expired while this replica stalled), and the new one must go on
+        journal.on_lease_lost = lambda: self._stop_run(active)
         self.active[run.id] = active
         self.bus.claimed(run.id)
         active.task = asyncio.get_running_loop().create_task(
             self._execute(active, run), name=f"flowcore-run-{run.id}"
         )
         # a callback, not a ``finally``: it runs even for a task cancelled before it began
-        active.task.add_done_callback(lambda _task: self.bus.released(run.id))
+        active.task.add_done_callback(lambda _task: self._ended(run.id))
 
     def _lease_lost(self, run_id: str) -> None:
         run = self.active.get(run_id)
-        if run is not None and run.task is not None:
+        if run is not None:
+            self._stop_run(run)
+
+    def _stop_run(self, run: ActiveRun) -> None:
+        if run.task is not None:
             run.released = True
             run.task.cancel()
+
+    def _ended(self, run_id: str) -> None:
+        if run_id not in self.active:  # else it executes here again, claimed anew
+            self.bus.released(run_id)
 
     # ------------------------------------------------------------------ executing
 
@@ -265,7 +275,8 @@ class Dispatcher:
                 )
         finally:
             metrics.ACTIVE_RUNS.dec()
-            self.active.pop(run.id, None)
+            if self.active.get(run.id) is active:
+                del self.active[run.id]
             self._wake.set()
 
     async def _run(self, executor: WorkflowExecutor, journal: RunJournal, run: Run) -> RunResult:

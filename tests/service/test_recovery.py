@@ -1,10 +1,15 @@
 """Runs interrupted by a shutdown: the replica gives them back to the queue, and the next
 one resumes each from the run's *last* checkpoint, so nodes committed before the
-interruption do not run again (plain runs, runs resumed in place, forks)."""
+interruption do not run again (plain runs, runs resumed in place, forks). And a run
+whose lease expired while its replica still executed it, claimed again by that same
+replica: the stale execution stops, the new one finishes the run."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from tests.service.support import (
     MakeSettings,
@@ -133,3 +138,42 @@ async def test_a_fork_interrupted_by_shutdown_resumes_from_its_own_checkpoint(
     assert len(after) > len(before), "the recovery appends to the fork's log"
     assert after[len(before)]["type"] == "run.resumed"
     assert started_after_last_resume(after) == ["nap", "d"]
+
+
+async def test_a_run_claimed_again_by_its_own_replica_is_finished_by_the_new_claim(
+    serve: Serve, make_settings: MakeSettings
+) -> None:
+    """The lease runs out under the run (as when the replica stalls past it), and the
+    same replica claims it again while the first execution still sleeps in ``nap``. That
+    one's next commit finds the lease moved and stops it, and only it: were the new
+    execution stopped instead (in ``nap2``), the run would sit claimed by nobody until
+    its 60 s lease ran out, far past the deadline."""
+    settings = make_settings(lease_seconds=60, heartbeat_seconds=30, poll_seconds=0.05)
+    workflow_id = unique("reclaim")
+    definition = chain(
+        workflow_id,
+        transform("a", v="input.n"),
+        {"id": "nap", "type": "delay", "config": {"seconds": NAP_SECONDS}},
+        {"id": "nap2", "type": "delay", "config": {"seconds": NAP_SECONDS}},
+        transform("d", v="nodes.a.output.v"),
+        output={"d": "nodes.d.output.v"},
+    )
+    async with serve(settings) as client:
+        await post_workflow(client, definition)
+        run_id = (await start_run(client, workflow_id, {"n": 1}))["run_id"]
+        await wait_for_event(client, run_id, "node.started", "nap")
+        engine = create_async_engine(settings.database_url)
+        try:
+            async with engine.begin() as connection:
+                await connection.execute(
+                    text("UPDATE runs SET lease_until = 0 WHERE id = :id"), {"id": run_id}
+                )
+        finally:
+            await engine.dispose()
+        run = await finished(client, run_id, timeout=15)
+        events = await events_json(client, run_id)
+    assert run["status"] == "succeeded", run
+    assert run["output"] == {"d": 1}
+    assert sum(1 for e in events if e["type"] == "run.resumed") == 1
+    assert started_after_last_resume(events) == ["nap", "nap2", "d"]
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
