@@ -227,6 +227,8 @@ async def serve(database_url: str, env: dict[str, str]) -> AsyncIterator[Server]
         "FLOWCORE_REPLICA_ID": f"bench-{port}",
         **env,
     }
+    if "FLOWCORE_REDIS_URL" not in env:  # on Redis only where a row asks for it
+        environ.pop("FLOWCORE_REDIS_URL", None)
     fd, log_name = tempfile.mkstemp(prefix="flowcore-bench-server-", suffix=".log")
     with os.fdopen(fd, "wb") as log_file:
         process = await asyncio.create_subprocess_exec(

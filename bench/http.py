@@ -15,7 +15,12 @@ Sections:
              the cost per durable node for chains of 10, 100 and 1,000 nodes.
 ``http``     End to end: ``python -m app.cli serve`` in a subprocess, 100 concurrent
              httpx clients each doing POST /v1/runs and then reading the run's SSE stream
-             to its terminal event (or POST /v1/runs?wait=30), on Postgres and on SQLite.
+             to its terminal event (or POST /v1/runs?wait=30), on Postgres, on Postgres
+             with Redis (FLOWCORE_REDIS_URL; skipped when Redis does not answer, or with
+             --no-redis) and on SQLite.
+
+``python -m bench.redis`` goes further into Redis: what it costs a run over more rounds,
+the cost of /metrics scraping under load, and live events across replicas.
 
 Every measurement gets a fresh database (Postgres: a scratch database created on the
 admin database and dropped afterwards; SQLite: a temporary file), migrated to head.
@@ -70,6 +75,7 @@ from bench._service import (
     wait_for_quiet,
 )
 from bench.common import Table, cpu_model, emit, loadavg, log, revision
+from bench.redis import REDIS_URL, RedisProbe, redis_env, unique_prefix
 
 SECTIONS = ("durable", "http")
 Raw = dict[str, Any]
@@ -468,6 +474,8 @@ class Results:
     langgraph_label: str = ""
     per_node: dict[int, tuple[float, float]] = field(default_factory=dict)  # n -> (seq, conc)
     http: dict[tuple[str, str], float] = field(default_factory=dict)  # (db, mode) -> runs/s
+    #: (db, mode) -> server CPU seconds per run
+    http_cpu: dict[tuple[str, str], float] = field(default_factory=dict)
 
 
 async def section_durable(args: argparse.Namespace, results: Results) -> list[Table]:
@@ -719,10 +727,31 @@ async def http_batch(
     dialect: str, mode: str, runs: int, warmup: int, probes: int
 ) -> tuple[Batch, list[Outcome]]:
     """A fresh database and server; ``runs`` runs from CLIENTS clients after a warm-up;
-    then (SSE) ``probes`` runs one at a time on the idle server."""
-    async with scratch_database(dialect) as url:
-        before = await pg_transactions(url) if dialect == "postgres" else None
-        async with serve(url, SERVER_ENV) as server, http_clients(server.base_url) as clients:
+    then (SSE) ``probes`` runs one at a time on the idle server. ``dialect`` is
+    "postgres", "postgres+redis" (the server on Redis too, under a prefix of its own,
+    deleted afterwards) or "sqlite"."""
+    database, _, with_redis = dialect.partition("+")
+    prefix = unique_prefix() if with_redis else None
+    try:
+        return await _http_batch(database, redis_env(prefix), mode, runs, warmup, probes)
+    finally:
+        if prefix is not None:
+            probe = RedisProbe(REDIS_URL)
+            try:
+                await probe.forget(prefix)
+            finally:
+                await probe.close()
+
+
+async def _http_batch(
+    database: str, env: dict[str, str], mode: str, runs: int, warmup: int, probes: int
+) -> tuple[Batch, list[Outcome]]:
+    async with scratch_database(database) as url:
+        before = await pg_transactions(url) if database == "postgres" else None
+        async with (
+            serve(url, {**SERVER_ENV, **env}) as server,
+            http_clients(server.base_url) as clients,
+        ):
             response = await clients[0].post("/v1/workflows", json=chain(10, NOOP))
             response.raise_for_status()
             run = sse_run if mode == "sse" else wait_run
@@ -738,7 +767,7 @@ async def http_batch(
             await drive(warmup, CLIENTS, one)
             server_cpu = server.cpu()
             work = drive(runs, CLIENTS, one)
-            batch = await (measured(url, work) if dialect == "postgres" else work)
+            batch = await (measured(url, work) if database == "postgres" else work)
             batch.server_cpu = server.cpu() - server_cpu
             idle = [await one() for _ in range(probes)] if mode == "sse" else []
         if before is not None:
@@ -749,7 +778,9 @@ async def http_batch(
 
 async def section_http(args: argparse.Namespace, results: Results) -> list[Table]:
     runs, warmup, probes = args.http_runs, (20 if args.quick else 50), 10
-    dialects = ["postgres", "sqlite"] if not args.no_postgres else ["sqlite"]
+    dialects = ["postgres", "postgres+redis", "sqlite"] if not args.no_postgres else ["sqlite"]
+    if "postgres+redis" in dialects and (args.no_redis or await redis_unavailable()):
+        dialects.remove("postgres+redis")
     modes = ("sse", "wait")
     batches: dict[tuple[str, str], list[Batch]] = {(d, m): [] for d in dialects for m in modes}
     idle: dict[str, list[Outcome]] = {d: [] for d in dialects}
@@ -761,7 +792,7 @@ async def section_http(args: argparse.Namespace, results: Results) -> list[Table
                 batches[dialect, mode].append(batch)
                 idle[dialect] += probe
 
-    names = {"postgres": "Postgres", "sqlite": "SQLite"}
+    names = {"postgres": "Postgres", "postgres+redis": "Postgres + Redis", "sqlite": "SQLite"}
     mode_names = {"sse": "POST + SSE", "wait": "POST ?wait=30"}
     table = Table(
         f"3. End to end over HTTP: 10-node noop chain, {CLIENTS} concurrent clients",
@@ -785,6 +816,7 @@ async def section_http(args: argparse.Namespace, results: Results) -> list[Table
     for (dialect, mode), group in batches.items():
         rates = [b.rate for b in group]
         results.http[dialect, mode] = med(rates)
+        results.http_cpu[dialect, mode] = med([(b.server_cpu or 0.0) / b.runs for b in group])
         firsts = [b.first_events for b in group if b.first_events]
         first_cell = (
             f"{ms(med([percentile(f, 50) for f in firsts]))} / "
@@ -828,6 +860,15 @@ async def section_http(args: argparse.Namespace, results: Results) -> list[Table
         "and idle probes included) per run.",
         f"on this machine the server, Postgres and the clients share {_cpus()} CPUs.",
     ]
+    if "postgres+redis" in dialects:
+        table.notes.append(
+            f"Postgres + Redis: FLOWCORE_REDIS_URL={REDIS_URL} and a FLOWCORE_REDIS_PREFIX of "
+            "its own per batch (cache, breakers, live events over pub/sub; wake-ups stay on "
+            "NOTIFY). With one replica its streams need no channel: what Redis costs here "
+            "is publishing each run's events for other replicas."
+        )
+    else:
+        table.notes.append("Postgres + Redis: not measured (--no-redis, or Redis unreachable).")
     table.notes += [f"failed: {e}" for e in errors]
 
     idle_table = Table(
@@ -853,6 +894,17 @@ async def section_http(args: argparse.Namespace, results: Results) -> list[Table
     return [table, idle_table]
 
 
+async def redis_unavailable() -> bool:
+    probe = RedisProbe(REDIS_URL)
+    try:
+        problem = await probe.available()
+    finally:
+        await probe.close()
+    if problem is not None:
+        log(f"Redis at {REDIS_URL} does not answer ({problem}): no Postgres + Redis rows")
+    return problem is not None
+
+
 def _cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
@@ -862,7 +914,7 @@ def _cpus() -> int:
 
 def targets_table(args: argparse.Namespace, results: Results) -> Table:
     table = Table(
-        "5. Targets (issue 4)",
+        "5. Targets (issues 4 and 5)",
         ["target", "measured", "verdict"],
         "llr",
     )
@@ -886,6 +938,18 @@ def targets_table(args: argparse.Namespace, results: Results) -> Table:
                 f"HTTP >= 2x LangGraph's runs/s ({dialect}, {mode})",
                 f"{rate:,.1f} vs {lg_rate:,.1f} runs/s = {ratio:.2f}x",
                 "met" if ratio >= 2 else "NOT met",
+            ]
+        )
+    for mode in ("sse", "wait"):
+        with_redis = results.http_cpu.get(("postgres+redis", mode))
+        without = results.http_cpu.get(("postgres", mode))
+        if with_redis is None or not without:
+            continue
+        table.rows.append(
+            [
+                f"Redis adds <= 10% to a run's cost (issue 5): server CPU per run ({mode})",
+                f"{with_redis * 1e3:.1f} vs {without * 1e3:.1f} ms = {with_redis / without:.3f}x",
+                "met" if with_redis / without <= 1.10 else "NOT met",
             ]
         )
     per_node = results.per_node
@@ -968,6 +1032,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--markdown", action="store_true", help="print GitHub tables")
     parser.add_argument("--no-langgraph", action="store_true", help="skip LangGraph")
+    parser.add_argument("--no-redis", action="store_true", help="skip the Postgres + Redis rows")
     parser.add_argument("--reps", type=int, help="in-process repetitions (default 3; quick 1)")
     parser.add_argument("--durable-runs", type=int, help="in-process runs per batch (200; 100)")
     parser.add_argument("--http-runs", type=int, help="HTTP runs per batch (default 300; 150)")
