@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import signal
@@ -211,25 +212,57 @@ class Server:
     process: asyncio.subprocess.Process
     base_url: str
     log_path: Path
+    name: str = "server"
 
     def cpu(self) -> float:
         return cpu_seconds(self.process.pid)
 
 
+def logged_problems(name: str, log_path: Path) -> list[str]:
+    """The warnings and errors a server logged (its log is JSON lines; anything else on
+    it, a traceback before logging was configured, counts too)."""
+    found: list[str] = []
+    try:
+        text = log_path.read_text(errors="replace")
+    except OSError:
+        return found
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            if line.strip():
+                found.append(f"{name}: {line.strip()[:200]}")
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("warning", "error", "critical"):
+            message = f"{entry.get('logger')}: {entry.get('message')}"
+            exc = str(entry.get("exc") or "").strip().splitlines()
+            if exc:
+                message += f" ({exc[-1][:160]})"
+            found.append(f"{name}: {entry['level']} {message[:300]}")
+    return found
+
+
 @contextlib.asynccontextmanager
-async def serve(database_url: str, env: dict[str, str]) -> AsyncIterator[Server]:
+async def serve(
+    database_url: str,
+    env: dict[str, str],
+    *,
+    name: str = "server",
+    problems: list[str] | None = None,
+) -> AsyncIterator[Server]:
     """The service on a free port against an already migrated database; ready once
-    /readyz answers 200; stopped with SIGTERM (a graceful shutdown) on the way out."""
+    /readyz answers 200; stopped with SIGTERM (a graceful shutdown) on the way out, when
+    the warnings and errors it logged go to ``problems`` (if given)."""
     port = free_port()
     environ = {
         **os.environ,
         "FLOWCORE_DATABASE_URL": database_url,
-        "FLOWCORE_REPLICA_ID": f"bench-{port}",
+        "FLOWCORE_REPLICA_ID": f"bench-{name}-{port}",
         **env,
     }
     if "FLOWCORE_REDIS_URL" not in env:  # on Redis only where a row asks for it
         environ.pop("FLOWCORE_REDIS_URL", None)
-    fd, log_name = tempfile.mkstemp(prefix="flowcore-bench-server-", suffix=".log")
+    fd, log_name = tempfile.mkstemp(prefix=f"flowcore-bench-{name}-", suffix=".log")
     with os.fdopen(fd, "wb") as log_file:
         process = await asyncio.create_subprocess_exec(
             *(sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-migrate"),
@@ -238,18 +271,24 @@ async def serve(database_url: str, env: dict[str, str]) -> AsyncIterator[Server]
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    server = Server(process, f"http://127.0.0.1:{port}", Path(log_name))
+    server = Server(process, f"http://127.0.0.1:{port}", Path(log_name), name)
     try:
         await wait_ready(server.base_url, process, server.log_path)
         yield server
     finally:
+        stuck = False
         if process.returncode is None:
             process.send_signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(process.wait(), 20)
             except TimeoutError:
+                stuck = True
                 process.kill()
                 await process.wait()
+        if problems is not None:
+            if stuck:
+                problems.append(f"{name}: did not stop within 20 s of SIGTERM")
+            problems += logged_problems(name, server.log_path)
         with contextlib.suppress(OSError):
             server.log_path.unlink()
 

@@ -41,11 +41,9 @@ import importlib.metadata
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -57,16 +55,15 @@ from typing import Any, TypeVar
 import httpx
 import redis.asyncio as aioredis
 
+from bench import _service as service
 from bench._service import (
-    cpu_seconds,
+    Server,
     drop_stale_databases,
-    free_port,
     percentile,
     postgres_unavailable,
     postgres_version,
     scratch_postgres,
     wait_for_quiet,
-    wait_ready,
 )
 from bench.common import Table, cpu_model, emit, loadavg, log, revision
 
@@ -131,84 +128,12 @@ def cpus() -> int:
 # --------------------------------------------------------------------------- servers
 
 
-@dataclass
-class Server:
-    """``python -m app.cli serve`` in a subprocess."""
-
-    name: str
-    process: asyncio.subprocess.Process
-    base_url: str
-    log_path: Path
-
-    def cpu(self) -> float:
-        return cpu_seconds(self.process.pid)
-
-
-def _problems(name: str, log_path: Path) -> list[str]:
-    """The warnings and errors a server logged (its log is JSON lines; anything else on
-    it, a traceback before logging was configured, counts too)."""
-    found: list[str] = []
-    try:
-        text = log_path.read_text(errors="replace")
-    except OSError:
-        return found
-    for line in text.splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            if line.strip():
-                found.append(f"{name}: {line.strip()[:200]}")
-            continue
-        if isinstance(entry, dict) and entry.get("level") in ("warning", "error", "critical"):
-            message = f"{entry.get('logger')}: {entry.get('message')}"
-            exc = str(entry.get("exc") or "").strip().splitlines()
-            if exc:
-                message += f" ({exc[-1][:160]})"
-            found.append(f"{name}: {entry['level']} {message[:300]}")
-    return found
-
-
-@contextlib.asynccontextmanager
-async def serve(
+def serve(
     name: str, database_url: str, env: dict[str, str], problems: list[str]
-) -> AsyncIterator[Server]:
-    """The service on a free port against a migrated database; ready once /readyz says
-    200; stopped with SIGTERM on the way out, when its logged problems go to ``problems``."""
-    port = free_port()
-    environ = {
-        **os.environ,
-        **SERVER_ENV,
-        "FLOWCORE_DATABASE_URL": database_url,
-        "FLOWCORE_REPLICA_ID": f"bench-{name}-{port}",
-        **env,
-    }
-    if "FLOWCORE_REDIS_URL" not in env:
-        environ.pop("FLOWCORE_REDIS_URL", None)
-    fd, log_name = tempfile.mkstemp(prefix=f"flowcore-bench-redis-{name}-", suffix=".log")
-    with os.fdopen(fd, "wb") as log_file:
-        process = await asyncio.create_subprocess_exec(
-            *(sys.executable, "-m", "app.cli", "serve", "--port", str(port), "--no-migrate"),
-            cwd=ROOT,
-            env=environ,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    server = Server(name, process, f"http://127.0.0.1:{port}", Path(log_name))
-    try:
-        await wait_ready(server.base_url, process, server.log_path)
-        yield server
-    finally:
-        if process.returncode is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(process.wait(), 20)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-                problems.append(f"{name}: did not stop within 20 s of SIGTERM")
-        problems += _problems(name, server.log_path)
-        with contextlib.suppress(OSError):
-            server.log_path.unlink()
+) -> contextlib.AbstractAsyncContextManager[Server]:
+    """bench._service's server with this benchmark's settings; its logged warnings and
+    errors go to ``problems``."""
+    return service.serve(database_url, {**SERVER_ENV, **env}, name=name, problems=problems)
 
 
 def redis_env(prefix: str | None) -> dict[str, str]:
