@@ -14,6 +14,7 @@ from app.engine.breaker import (
     CircuitOpenError,
     InMemoryCircuitBreakers,
 )
+from app.engine.budget import BudgetExceededError
 from app.engine.cache import Cache, CacheHit, InMemoryCache
 from app.engine.checkpoint import (
     Checkpoint,
@@ -74,10 +75,12 @@ from app.engine.registry import NodeRegistry
 from app.engine.result import NodeRun, NodeStatus, RunError, RunResult, RunStatus
 from app.engine.trace import ExecutionTrace, NodeTiming
 from app.engine.validation import create_workflow, validate_workflow
+from app.engine.values import UnstorableValueError, ValueProblem, inspect_value
 
 __all__ = [
     "BaseNode",
     "BreakerState",
+    "BudgetExceededError",
     "Cache",
     "CacheHit",
     "CachePolicy",
@@ -137,7 +140,9 @@ __all__ = [
     "Strategy",
     "SystemClock",
     "UnknownNodeTypeError",
+    "UnstorableValueError",
     "ValidationIssue",
+    "ValueProblem",
     "WorkflowContext",
     "WorkflowDefinition",
     "WorkflowExecutor",
@@ -145,5 +150,6 @@ __all__ = [
     "WorkflowResolver",
     "WorkflowValidationError",
     "create_workflow",
+    "inspect_value",
     "validate_workflow",
 ]

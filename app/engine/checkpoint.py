@@ -54,7 +54,8 @@ class CheckpointRecord:
     completed: dict[str, NodeCheckpoint]
     variables: dict[str, Any]
     frontier: list[str]
-    #: node id -> {"kind": "delay", "wake_at": t} | {"kind": "wait", "signal": name}
+    #: node id -> {"kind": "delay", "wake_at": t}
+    #: | {"kind": "wait", "signal": name, "deadline": t or None}
     #: | {"kind": "break", "error": message}
     pending: dict[str, dict[str, Any]]
     workflow_id: str = ""
@@ -64,6 +65,8 @@ class CheckpointRecord:
     error: dict[str, Any] | None = None
     #: the sequence this record continues from (None: the one before it)
     parent: int | None = None
+    #: signals delivered but not taken by a ``wait`` yet: name -> payloads, in order
+    signals: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -97,6 +100,7 @@ class CheckpointRecord:
             "input": self.input,
             "error": self.error,
             "parent": self.parent,
+            "signals": self.signals,
         }
 
     def to_json(self) -> str:
@@ -127,6 +131,7 @@ class Checkpoint:
     definition: dict[str, Any] | None = None
     input: Any = None
     error: dict[str, Any] | None = None
+    signals: dict[str, list[Any]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -191,6 +196,7 @@ def fold(records: list[CheckpointRecord]) -> Checkpoint:
         definition=first.definition,
         input=first.input,
         error=last.error,
+        signals=last.signals,
     )
 
 

@@ -2,6 +2,18 @@
 
 Precedence when the service runs a workflow: service defaults < the workflow's ``config``
 < the run request's ``config``. An unknown knob is an error everywhere.
+
+Three kinds of knob:
+
+- *limits* (:data:`LIMIT_FIELDS`) bound what a definition or a value may contain; they
+  come from whoever validates (the operator), and nothing a workflow says changes them;
+- *budgets* (:data:`BUDGET_FIELDS`) bound the work and the data of one run; the operator
+  sets them, and a workflow's or a run's ``config`` may only lower them (a higher value
+  is ignored: the operator's stands). Crossing one fails the run with kind ``budget``;
+- everything else: how a run executes, overridable per workflow and per run.
+
+Every number has an upper bound, so no config can ask for an unbounded pool, queue or
+wait.
 """
 
 from __future__ import annotations
@@ -23,8 +35,23 @@ LIMIT_FIELDS = frozenset(
         "max_expression_length",
         "max_nesting_depth",
         "max_definition_bytes",
+        "max_value_depth",
     }
 )
+
+#: Knobs that bound one run's work and data: a workflow or a run may lower them only.
+BUDGET_FIELDS = frozenset(
+    {
+        "max_node_executions",
+        "max_subruns",
+        "max_map_items",
+        "max_output_bytes",
+        "max_state_bytes",
+        "max_delay_seconds",
+    }
+)
+
+_DAY = 86_400.0
 
 
 class ExecutionConfig(BaseModel):
@@ -35,22 +62,33 @@ class ExecutionConfig(BaseModel):
     )
 
     # Parallel execution
-    max_parallel_nodes: int = Field(10, ge=1, description="Nodes of one run running at once.")
+    max_parallel_nodes: int = Field(
+        10, ge=1, le=10_000, description="Nodes of one run running at once."
+    )
     max_concurrent_tasks: int = Field(
-        100, ge=1, description="Concurrent body runs inside one map node, at most."
+        100, ge=1, le=10_000, description="Concurrent body runs inside one map node, at most."
     )
     batch_size: int = Field(
-        100, ge=1, description="Items a map node schedules per batch (bounds memory per map)."
+        100,
+        ge=1,
+        le=100_000,
+        description="Items a map node schedules per batch (bounds memory per map).",
     )
 
     # Timeouts (seconds; None = no limit)
-    timeout_seconds: float | None = Field(None, gt=0, description="Whole-run timeout.")
-    node_timeout: float | None = Field(None, gt=0, description="Default per-node timeout.")
+    timeout_seconds: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Whole-run timeout."
+    )
+    node_timeout: float | None = Field(
+        None, gt=0, allow_inf_nan=False, description="Default per-node timeout."
+    )
 
     # Resilience
     retry_failed_nodes: bool = Field(False, description="Retry failed nodes by default.")
-    max_retries: int = Field(3, ge=0, description="Default retries when retrying.")
-    retry_delay: float = Field(1.0, ge=0, description="Default first retry delay (seconds).")
+    max_retries: int = Field(3, ge=0, le=100, description="Default retries when retrying.")
+    retry_delay: float = Field(
+        1.0, ge=0, le=_DAY, allow_inf_nan=False, description="Default first retry delay (s)."
+    )
     on_error: OnError = Field("stop", description="stop | continue | retry.")
     error_handler: Callable[..., Awaitable[Any] | Any] | None = Field(
         None, exclude=True, description="Called with (error, node, context) on a node failure."
@@ -59,7 +97,9 @@ class ExecutionConfig(BaseModel):
 
     # Checkpointing
     enable_checkpoints: bool = False
-    checkpoint_interval: int = Field(1, ge=1, description="Checkpoint every N completed nodes.")
+    checkpoint_interval: int = Field(
+        1, ge=1, le=100_000, description="Checkpoint every N completed nodes."
+    )
 
     # Tracing and metrics
     trace_execution: bool = False
@@ -69,13 +109,15 @@ class ExecutionConfig(BaseModel):
 
     # Caching
     enable_cache: bool = False
-    cache_ttl: float = Field(3600.0, gt=0)
-    cache_size: int = Field(1000, ge=0)
+    cache_ttl: float = Field(3600.0, gt=0, le=365 * _DAY, allow_inf_nan=False)
+    cache_size: int = Field(1000, ge=0, le=10_000_000)
 
     # Connection pools
-    db_pool_size: int = Field(20, ge=1)
-    http_pool_size: int = Field(100, ge=1, description="Connections in the shared HTTP pool.")
-    redis_pool_size: int = Field(50, ge=1)
+    db_pool_size: int = Field(20, ge=1, le=10_000)
+    http_pool_size: int = Field(
+        100, ge=1, le=10_000, description="Connections in the shared HTTP pool."
+    )
+    redis_pool_size: int = Field(50, ge=1, le=10_000)
 
     # Event loop
     event_loop_policy: Literal["asyncio", "uvloop"] = "asyncio"
@@ -85,23 +127,58 @@ class ExecutionConfig(BaseModel):
     break_on_error: bool = False
     verbose_logging: bool = False
 
-    # Definition limits (see LIMIT_FIELDS)
+    # Definition and value limits (see LIMIT_FIELDS)
     max_nodes: int = Field(10_000, ge=1, description="Nodes in one definition, nested included.")
     max_edges: int = Field(50_000, ge=0, description="Edges in one definition.")
     max_expression_length: int = Field(4096, ge=1, description="Characters in one expression.")
     max_nesting_depth: int = Field(
-        32, ge=1, description="Depth of nested JSON and of nested body workflows."
+        32, ge=1, description="Depth of nested body workflows (and of their runs)."
     )
     max_definition_bytes: int = Field(
         4 * 1024 * 1024, ge=1, description="Size of a definition as JSON."
     )
+    max_value_depth: int = Field(
+        64,
+        ge=1,
+        le=200,
+        description="Nesting of any JSON value: a definition, a run's input, variables, "
+        "signal and resume payloads, what a node outputs.",
+    )
+
+    # Budgets of one run (see BUDGET_FIELDS)
+    max_node_executions: int = Field(
+        100_000,
+        ge=1,
+        description="Node executions in one run: body nodes of maps, loops and sub-runs "
+        "included (a resumed run counts afresh).",
+    )
+    max_subruns: int = Field(1_000, ge=0, description="Sub-workflow runs one run starts.")
+    max_map_items: int = Field(10_000, ge=0, description="Items one map node maps over.")
+    max_output_bytes: int = Field(
+        2 * 1024 * 1024, ge=1, description="Size of one node's output as JSON."
+    )
+    max_state_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1,
+        description="Size as JSON of every output a run's nodes produce, nested ones "
+        "included: what its checkpoints and event log hold.",
+    )
+    max_delay_seconds: float = Field(
+        30 * _DAY, gt=0, allow_inf_nan=False, description="Longest `delay` a node may sleep."
+    )
 
     def merged(self, overrides: dict[str, Any] | None) -> ExecutionConfig:
-        """A copy with ``overrides`` applied (validated); limits are never overridden."""
+        """A copy with ``overrides`` applied (validated); limits are never overridden
+        and budgets only lowered."""
         if not overrides:
             return self
         data = self.model_dump(exclude={"error_handler"})
-        data.update({k: v for k, v in overrides.items() if k not in LIMIT_FIELDS})
+        for key, value in overrides.items():
+            if key in LIMIT_FIELDS:
+                continue
+            if key in BUDGET_FIELDS and isinstance(value, int | float) and value > data[key]:
+                continue  # the operator's budget stands
+            data[key] = value
         merged = ExecutionConfig.model_validate(data)
         merged.error_handler = self.error_handler
         return merged

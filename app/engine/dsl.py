@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter
 from pydantic.dataclasses import dataclass
 
 NODE_ID_PATTERN = r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$"
+#: workflow ids: safe in a URL path, a header, a file name and a metric label
+WORKFLOW_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class _Spec(BaseModel):
@@ -25,9 +27,9 @@ class RetryPolicy(_Spec):
     """How a failed node is retried; unset fields take ``ExecutionConfig`` defaults."""
 
     max_retries: int | None = Field(None, ge=0, le=100)
-    delay: float | None = Field(None, ge=0)
-    backoff: float = Field(2.0, ge=1.0)
-    max_delay: float = Field(60.0, ge=0)
+    delay: float | None = Field(None, ge=0, le=86_400, allow_inf_nan=False)
+    backoff: float = Field(2.0, ge=1.0, le=100)
+    max_delay: float = Field(60.0, ge=0, le=86_400, allow_inf_nan=False)
     jitter: float = Field(0.0, ge=0, le=1)
     retry_on: list[str] | None = Field(
         None, description="Error kinds to retry (e.g. 'timeout', 'execution'); None = all."
@@ -35,14 +37,14 @@ class RetryPolicy(_Spec):
 
 
 class CachePolicy(_Spec):
-    ttl: float | None = Field(None, gt=0)
+    ttl: float | None = Field(None, gt=0, le=365 * 86_400, allow_inf_nan=False)
     key: str | None = Field(None, description="A template for the cache key.")
 
 
 class CircuitBreakerPolicy(_Spec):
     key: str | None = None
     failure_threshold: int = Field(5, ge=1)
-    recovery_timeout: float = Field(30.0, gt=0)
+    recovery_timeout: float = Field(30.0, gt=0, le=86_400, allow_inf_nan=False)
     half_open_max_calls: int = Field(1, ge=1)
 
 
@@ -80,7 +82,7 @@ class NodeSpec(_SlottedSpec):
     description: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
     retry: RetryPolicy | None = None
-    timeout: Annotated[float | None, Field(gt=0)] = None
+    timeout: Annotated[float | None, Field(gt=0, allow_inf_nan=False)] = None
     fallback: str | None = None
     cache: CachePolicy | None = None
     circuit_breaker: CircuitBreakerPolicy | None = None
@@ -117,7 +119,12 @@ class WorkflowDefinition(_Spec):
     Build one with :func:`app.engine.create_workflow`, which also validates it.
     """
 
-    id: str = Field("workflow", min_length=1, max_length=200)
+    id: str = Field(
+        "workflow",
+        pattern=WORKFLOW_ID_PATTERN,
+        description="Letters, digits, '.', '_' and '-', starting with a letter or a digit; "
+        "at most 128 characters.",
+    )
     name: str | None = None
     description: str | None = None
     version: int | None = Field(None, ge=1)

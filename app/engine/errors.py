@@ -13,6 +13,10 @@ FlowcoreError
 ├── PluginLoadError              a plugin module or entry point could not be loaded
 ├── UnknownNodeTypeError
 ├── InputValidationError         run input does not match the workflow's input_schema
+│                                or cannot be stored (too deep, a NUL, a NaN)
+├── ValueProblem                 (values) where a value cannot be stored, and why
+├── UnstorableValueError         (values) a node produced such a value: kind ``output``
+├── BudgetExceededError          (budget) a run crossed a budget: kind ``budget``
 ├── RunNotFoundError             no live run with that id in this executor
 └── WorkflowNotFoundError        a subworkflow reference that no resolver knows
 """

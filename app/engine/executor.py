@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
@@ -46,6 +47,7 @@ from app.engine.scheduler import RunHandle, RunShared, Strategy, _notify
 from app.engine.schema import check_input
 from app.engine.trace import build_trace
 from app.engine.validation import Source, create_workflow
+from app.engine.values import ValueProblem, inspect_value
 
 logger = logging.getLogger("flowcore.engine")
 
@@ -133,6 +135,7 @@ class WorkflowExecutor:
         circuit_breakers: CircuitBreakerStore | None = None,
         callbacks: list[Any] | None = None,
         memory_store: MemoryStore | None = None,
+        park_after: float | None = None,
     ) -> None:
         self.config = config if config is not None else ExecutionConfig()
         self.metrics_collector = metrics_collector
@@ -144,6 +147,9 @@ class WorkflowExecutor:
         self.circuit_breakers = circuit_breakers
         self.callbacks = list(callbacks or [])
         self.memory_store: MemoryStore = memory_store or InMemoryMemoryStore()
+        #: park runs that wait this long on nothing but top-level delays and waits
+        #: (needs checkpoints): see ``execute``
+        self.park_after = park_after
         self._runs: dict[str, RunShared] = {}
         self._last: RunShared | None = None
         self._early_signals: dict[str, list[tuple[str, Any]]] = {}
@@ -188,6 +194,13 @@ class WorkflowExecutor:
         ``config`` overrides knobs for this run only; ``context`` supplies a
         ``WorkflowContext`` (e.g. with memory attached); ``event_sinks`` receive this
         run's events in addition to the executor's own.
+
+        With ``park_after`` set and checkpoints on, a run whose every running node is a
+        top-level ``delay`` or ``wait`` for that long (and whose next timer is at least
+        that far away) *parks*: its state is checkpointed, its nodes stop, and the
+        result is ``WAITING`` with ``parked`` and ``wake_at`` (None: only a signal wakes
+        it). ``continue_execution`` from its latest checkpoint goes on from there:
+        delays sleep what is left, waits keep their deadline and their signals.
         """
         definition = (
             workflow if isinstance(workflow, WorkflowDefinition) else create_workflow(workflow)
@@ -261,6 +274,8 @@ class WorkflowExecutor:
     ) -> RunResult:
         compiled = compile_workflow(definition)
         effective = self.config.merged(definition.config).merged(config)
+        _check_storable(input_data, "input", effective)
+        _check_storable(variables_patch, "vars", effective)
         if definition.input_schema is not None and restore is None:
             problems = check_input(definition.input_schema, input_data)
             if problems:
@@ -283,6 +298,8 @@ class WorkflowExecutor:
             shared.cache = self.cache
         shared.breakers = self.circuit_breakers or process_breakers()
         shared.memory_store = self.memory_store
+        if effective.enable_checkpoints:
+            shared.park_after = self.park_after
         wctx = context or WorkflowContext(definition.id)
         wctx.run_id = run_id
         wctx.input = input_data
@@ -291,9 +308,7 @@ class WorkflowExecutor:
             variables.update(restore.variables)
             shared.restored = dict(restore.completed)
             shared.fork_seed = dict(restore.completed)
-            shared.restored_pending = {
-                k: v for k, v in restore.pending.items() if v.get("kind") == "delay"
-            }
+            shared.restored_pending = _resumable(restore.pending)
         elif restore is not None:
             variables.update(restore.variables)
             shared.seq = max(restore.event_seq, event_seq)
@@ -307,9 +322,9 @@ class WorkflowExecutor:
                     shared.checkpoint_sequence = last
                     shared.checkpoint_parent = restore.sequence
             shared.restored = dict(restore.completed)
-            shared.restored_pending = {
-                k: v for k, v in restore.pending.items() if v.get("kind") == "delay"
-            }
+            shared.restored_pending = _resumable(restore.pending)
+            for name, payloads in restore.signals.items():
+                shared.signals[name] = deque(payloads)
         for key, value in definition.vars.items():
             variables.setdefault(key, value)
         if variables_patch:
@@ -403,7 +418,12 @@ class WorkflowExecutor:
         result.node_results = {record.node_id: record for record in handle.records}
         result.errors = handle.errors
         result.variables = handle.scope.vars
-        if handle.breakpoint is not None:
+        if shared.parked and handle.error is None and not handle.cancelled:
+            result.status = RunStatus.WAITING
+            result.parked = True
+            result.wake_at = shared.wake_at
+            handle.checkpoint("waiting")
+        elif handle.breakpoint is not None:
             result.status = RunStatus.WAITING
             result.error = handle.breakpoint
             shared.emit(
@@ -478,15 +498,16 @@ class WorkflowExecutor:
         assert shared.root is not None
         shared.root.cancel()
 
-    def signal(self, run_id: str, name: str, payload: Any = None, *, early: bool = False) -> None:
+    def signal(self, run_id: str, name: str, payload: Any = None, *, early: bool = False) -> bool:
         """Deliver ``payload`` to the run's ``wait`` node waiting for ``name`` (or keep it
         for the first one that will). With ``early``, a signal for a run that has not
-        started yet is kept for it instead of raising RunNotFoundError."""
+        started yet is kept for it instead of raising RunNotFoundError. False: the run
+        has parked and did not take it (deliver it to the run's next execution)."""
         shared = self._runs.get(run_id)
         if shared is None and early:
             self._early_signals.setdefault(run_id, []).append((name, payload))
-            return
-        self._shared(run_id).signal(name, payload)
+            return True
+        return self._shared(run_id).signal(name, payload)
 
     def status(self, run_id: str) -> RunStatus:
         return self._shared(run_id).status
@@ -528,6 +549,20 @@ class WorkflowExecutor:
             return self._runs[run_id]
         except KeyError:
             raise RunNotFoundError(f"no active run {run_id!r}") from None
+
+
+def _check_storable(value: Any, field: str, config: ExecutionConfig) -> None:
+    """Input and variables no store can hold (too deep, a NUL, a NaN) are refused before
+    the run starts: the expression runtime would even cut a string at a NUL."""
+    try:
+        inspect_value(value, max_depth=config.max_value_depth)
+    except ValueProblem as problem:
+        raise InputValidationError([f"{field}{problem.path}: {problem.reason}"]) from None
+
+
+def _resumable(pending: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The pending delays and waits a resumed run continues (not breakpoints)."""
+    return {k: v for k, v in pending.items() if v.get("kind") in ("delay", "wait")}
 
 
 class SequentialExecutor(WorkflowExecutor):

@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.engine.budget import BudgetExceededError
 from app.engine.dsl import CircuitBreakerPolicy
 from app.engine.events import EventType
 from app.engine.expressions import Scope, ValueTemplate, compile_expression
+from app.engine.values import UnstorableValueError, ValueProblem, inspect_value
 
 if TYPE_CHECKING:
     from app.engine.config import ExecutionConfig
@@ -115,15 +117,33 @@ class NodeContext:
         return f"{self._handle.run_id}:{self._handle.path}{self.node_id}:{self.iteration}"
 
     def emit(self, name: str, data: Mapping[str, Any] | None = None) -> None:
-        """Emit a ``node.custom`` event named ``name``."""
-        payload = {"name": name}
+        """Emit a ``node.custom`` event named ``name``. Raises UnstorableValueError
+        (failing the node, kind ``output``) for what no event log can hold."""
+        payload: dict[str, Any] = {"name": name}
         if data:
-            payload["data"] = dict(data)  # type: ignore[assignment]
+            payload["data"] = dict(data)
+        self._storable(payload, "event")
         self._handle.emit(EventType.NODE_CUSTOM, self._handle.path + self.node_id, payload)
 
     def emit_token(self, token: str) -> None:
         """Emit one streamed token (``node.token``)."""
+        if "\x00" in token or not token.isascii():
+            self._storable(token, "token")
         self._handle.emit(EventType.NODE_TOKEN, self._handle.path + self.node_id, {"token": token})
+
+    def _storable(self, value: Any, what: str) -> None:
+        try:
+            inspect_value(value, max_depth=self._handle.shared.config.max_value_depth)
+        except ValueProblem as problem:
+            raise UnstorableValueError(f"the {what} cannot be stored: {problem}") from None
+
+    def over_budget(self, budget: str, what: str) -> BudgetExceededError:
+        """Fail the whole run for crossing ``budget`` (a knob of ExecutionConfig, e.g.
+        ``max_map_items``) and return the error for the node to raise."""
+        limit = getattr(self.execution_config, budget)
+        error = BudgetExceededError(budget, limit, what)
+        self._handle._over_budget(error, self.node_id)
+        return error
 
     def evaluate(self, expression: str, extra: Mapping[str, Any] | None = None) -> Any:
         """Evaluate a CEL expression in this node's scope (plus ``extra`` names)."""

@@ -101,6 +101,10 @@ class RunResult:
     events: int = 0
     variables: dict[str, Any] = field(default_factory=dict)
     execution_trace: Any = None
+    #: WAITING because the run parked (see ``WorkflowExecutor.execute``); it wakes at
+    #: ``wake_at`` (epoch seconds) or, when None, only on a signal
+    parked: bool = False
+    wake_at: float | None = None
 
     @property
     def success(self) -> bool:

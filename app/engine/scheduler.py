@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from app.engine.breaker import CircuitBreakerStore, CircuitOpenError
+from app.engine.budget import BudgetExceededError, RunBudget
 from app.engine.cache import Cache, cache_key
 from app.engine.checkpoint import CheckpointRecord, CheckpointStore, NodeCheckpoint
 from app.engine.config import ExecutionConfig
@@ -44,6 +45,7 @@ from app.engine.memory import MemoryStore
 from app.engine.node import NodeContext, NodeResult, WorkflowContext
 from app.engine.ports import Clock, WorkflowResolver
 from app.engine.result import NodeRun, NodeStatus, RunError, RunStatus
+from app.engine.values import UnstorableValueError, ValueProblem, clean_text, inspect_value
 
 if TYPE_CHECKING:
     from app.engine.executor import WorkflowExecutor
@@ -123,6 +125,60 @@ class RunShared:
         self.debug = config.debug_mode
         self.current: dict[str, float] = {}
         self.last_node: str | None = None
+        #: the run's work and data against its budgets (body runs included)
+        self.budget = RunBudget(config)
+        # parking (see ``park``): node executions in flight at any depth, and the
+        # top-level delays and waits among them with their wake-up times
+        self.park_after: float | None = None
+        self.busy = 0
+        self.blocked: dict[str, float | None] = {}
+        self.parked = False
+        self.wake_at: float | None = None
+        self._park_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ budgets
+
+    def over_budget(self, error: BudgetExceededError, node_id: str | None) -> None:
+        """Fail the whole run (its body runs are cancelled with it)."""
+        if self.root is not None:
+            self.root._fail(RunError(str(error), error.kind, node_id))
+
+    # ------------------------------------------------------------------ parking
+
+    def parking_changed(self) -> None:
+        """Called when ``busy`` or ``blocked`` changed: once every node in flight is a
+        top-level delay or wait, arm the park timer (any change disarms it)."""
+        if self.park_after is None:
+            return
+        timer = self._park_timer
+        if timer is not None:
+            timer.cancel()
+            self._park_timer = None
+        if self.busy and len(self.blocked) == self.busy and not self.parked:
+            loop = asyncio.get_running_loop()
+            self._park_timer = loop.call_later(self.park_after, self._park)
+
+    def _park(self) -> None:
+        """Leave the process: the run has waited ``park_after`` seconds on nothing but
+        timers and signals, and its next timer is at least that far away. Its nodes are
+        stopped (their wake times and deadlines stay pending), the last checkpoint says
+        ``waiting`` and the executor returns the run as parked, with ``wake_at``."""
+        self._park_timer = None
+        park_after = self.park_after
+        if self.parked or park_after is None or self.root is None:
+            return
+        if not (self.busy and len(self.blocked) == self.busy):
+            return
+        wakes = [t for t in self.blocked.values() if t is not None]
+        wake_at = min(wakes) if wakes else None
+        if wake_at is not None and wake_at - self.clock.now() < park_after:
+            return  # it wakes soon anyway: the change that follows looks again
+        if self.status is not RunStatus.WAITING:  # only timers: say why nothing happens
+            data: dict[str, Any] = {"reason": "timer", "wake_at": wake_at}
+            self.emit(EventType.RUN_WAITING, None, data)
+        self.parked = True
+        self.wake_at = wake_at
+        self.root.park()
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -161,14 +217,19 @@ class RunShared:
             for sink in self.sinks:
                 sink.publish(event)
 
-    def signal(self, name: str, payload: Any) -> None:
+    def signal(self, name: str, payload: Any) -> bool:
+        """Deliver a signal to a waiting node or keep it for the first one that waits;
+        False (not taken) once the run has parked."""
+        if self.parked:
+            return False
         waiters = self.waiters.get(name)
         while waiters:
             future = waiters.popleft()
             if not future.done():
                 future.set_result(payload)
-                return
+                return True
         self.signals.setdefault(name, deque()).append(payload)
+        return True
 
     async def finish_checkpoints(self) -> None:
         """Write everything queued, then stop the writer."""
@@ -235,12 +296,22 @@ class RunHandle:
             self.cancelled = True
             await self._drain()
             raise
-        if self.error is None and not self.cancelled and self.breakpoint is None:
+        if (
+            self.error is None
+            and not self.cancelled
+            and self.breakpoint is None
+            and not self.shared.parked
+        ):
             self._evaluate_output()
 
     def cancel(self) -> None:
         """Cancel every running node; the run ends ``cancelled``."""
         self.cancelled = True
+        self._stop()
+
+    def park(self) -> None:
+        """Stop every running node (all of them delays and waits) for parking: their
+        pending wake times and deadlines stay in the checkpoint."""
         self._stop()
 
     async def _drain(self) -> None:
@@ -301,6 +372,10 @@ class RunHandle:
 
     def _start(self, index: int, runner: int) -> None:
         """Run node ``runner``'s code for node ``index`` (they differ for a fallback)."""
+        exceeded = self.shared.budget.add_execution()
+        if exceeded is not None:
+            self._over_budget(exceeded, self.compiled.nodes[index].id)
+            return
         record = self.records[index]
         record.status = NodeStatus.RUNNING
         task = asyncio.get_running_loop().create_task(
@@ -343,6 +418,9 @@ class RunHandle:
         record.started_at = time.time()
         record.status = NodeStatus.RUNNING
         event_id = self.path + cn.id
+        shared.busy += 1
+        if shared.park_after is not None:
+            shared.parking_changed()
         if shared.debug:
             shared.current[event_id] = record.started_at
             shared.last_node = event_id
@@ -380,6 +458,9 @@ class RunHandle:
             await self._after(cn, result)
             return result
         finally:
+            shared.busy -= 1
+            if shared.park_after is not None:
+                shared.parking_changed()
             if shared.debug:
                 shared.current.pop(event_id, None)
 
@@ -442,7 +523,7 @@ class RunHandle:
                     await breakers.record(breaker_key, breaker, result.success)
             else:
                 result = await self._attempt(cn, ctx, timeout)
-            if result.success or policy is None:
+            if result.success or policy is None or result.error_kind == "budget":
                 return result
             retries = (
                 policy.max_retries if policy.max_retries is not None else shared.config.max_retries
@@ -534,6 +615,8 @@ class RunHandle:
         now = time.time()
         runner_record.finished_at = now
         cn = self.compiled.nodes[index]
+        if result.success:
+            result = self._check_output(result, cn.id)
         if runner != index:  # a fallback finished on behalf of `index`
             runner_record.status = NodeStatus.SUCCEEDED if result.success else NodeStatus.FAILED
         if result.success:
@@ -580,7 +663,7 @@ class RunHandle:
             self._maybe_checkpoint()
             return
         # failure
-        error = result.error or "node failed"
+        error = clean_text(result.error or "node failed")
         kind = result.error_kind or "execution"
         runner_record.error = error
         runner_record.error_kind = kind
@@ -589,6 +672,13 @@ class RunHandle:
             self.path + runner_record.node_id,
             {"error": error, "kind": kind, "attempts": runner_record.attempts},
         )
+        if kind == "budget":  # the operator's bound: no fallback, continue or breakpoint
+            record.status = NodeStatus.FAILED
+            record.finished_at = now
+            record.error = error
+            record.error_kind = kind
+            self._fail(RunError(error, kind, self.path + cn.id))
+            return
         next_fallback = self.compiled.nodes[runner].fallback
         if next_fallback is not None and next_fallback != index and not self._stopping:
             # the fallback's output stands in for this node's downstream; a failing
@@ -632,6 +722,31 @@ class RunHandle:
             return
         self._fail(run_error)
 
+    def _check_output(self, result: NodeResult, node_id: str) -> NodeResult:
+        """``result``, or a failure if what it holds cannot be stored (kind ``output``) or
+        crosses the run's output budgets (kind ``budget``, failing the run)."""
+        shared = self.shared
+        depth = shared.config.max_value_depth
+        try:
+            size = inspect_value(result.output, max_depth=depth)
+            if result.variables:
+                size += inspect_value(result.variables, max_depth=depth + 1)
+        except ValueProblem as problem:
+            where = f" at {problem.path}" if problem.path else ""
+            return _failure(
+                UnstorableValueError(f"the output cannot be stored{where}: {problem.reason}")
+            )
+        exceeded = shared.budget.add_output(size)
+        if exceeded is not None:
+            self._over_budget(exceeded, node_id)
+            return _failure(exceeded)
+        return result
+
+    def _over_budget(self, exceeded: BudgetExceededError, node_id: str) -> None:
+        """Fail this graph and the whole run: node ``node_id`` crossed a budget."""
+        self._fail(RunError(str(exceeded), exceeded.kind, self.path + node_id))
+        self.shared.over_budget(exceeded, self.path + node_id)
+
     # -------------------------------------------------------------------- checkpoints
 
     def _note_checkpoint(self, node_id: str, state: NodeCheckpoint) -> None:
@@ -669,6 +784,7 @@ class RunHandle:
             variables=dict(self.scope.vars),
             frontier=frontier,
             pending={k: dict(v) for k, v in shared.pending.items()},
+            signals={name: list(kept) for name, kept in shared.signals.items() if kept},
             workflow_id=shared.workflow_id,
             definition=header["definition"] if header else None,
             input=header["input"] if header else None,
@@ -757,7 +873,13 @@ class RunHandle:
                     name: expr.evaluate(self.scope) for name, expr in compiled.output.items()
                 }
             except FlowcoreError as exc:
-                self.error = RunError(f"workflow output: {exc}", "expression")
+                self.error = RunError(clean_text(f"workflow output: {exc}"), "expression")
+                return
+            try:  # expressions can build what no node output holds (a NaN, depth)
+                inspect_value(self.output, max_depth=self.shared.config.max_value_depth + 1)
+            except ValueProblem as problem:
+                self.output = None
+                self.error = RunError(f"workflow output cannot be stored: {problem}", "output")
             return
         self.output = {
             self.records[i].node_id: self.records[i].output
@@ -783,12 +905,17 @@ class RunHandle:
             wake_at = now + seconds
         shared.pending[node_id] = {"kind": "delay", "wake_at": wake_at}
         self.checkpoint("running")
+        shared.blocked[node_id] = wake_at
+        shared.parking_changed()
         try:
             await shared.clock.sleep(max(wake_at - now, 0.0))
         except asyncio.CancelledError:
             if not self._stopping:  # a stopping run's last checkpoint keeps the wake time
                 shared.pending.pop(node_id, None)
             raise
+        finally:
+            del shared.blocked[node_id]
+            shared.parking_changed()
         shared.pending.pop(node_id, None)
 
     async def wait_for_signal(self, node_id: str, name: str, timeout: float | None) -> Any:
@@ -796,33 +923,54 @@ class RunHandle:
         buffered = shared.signals.get(name)
         if buffered:
             return buffered.popleft()
+        now = shared.clock.now()
+        deadline = now + timeout if timeout is not None else None
+        durable = self.is_root and shared.checkpoints is not None
+        if durable:
+            saved = shared.restored_pending.pop(node_id, None)
+            if saved is not None and saved.get("kind") == "wait":
+                # resumed (after parking or a crash): the first wait's deadline stands
+                restored = saved.get("deadline")
+                deadline = float(restored) if restored is not None else None
+        if deadline is not None and deadline <= now:
+            raise NodeTimeoutError(f"no signal {name!r} within {timeout or 0:g}s")
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         shared.waiters.setdefault(name, deque()).append(future)
         index = self.compiled.by_id[node_id]
         self.records[index].status = NodeStatus.WAITING
         shared.waiting += 1
         if self.is_root:
-            shared.pending[node_id] = {"kind": "wait", "signal": name}
+            item: dict[str, Any] = {"kind": "wait", "signal": name}
+            if deadline is not None:
+                item["deadline"] = deadline
+            shared.pending[node_id] = item
         if shared.waiting == 1:
             shared.status = RunStatus.WAITING
             shared.emit(EventType.RUN_WAITING, self.path + node_id, {"signal": name})
         if self.is_root:
             self.checkpoint("waiting")
+        if durable:
+            shared.blocked[node_id] = deadline
+            shared.parking_changed()
         try:
-            if timeout is None:
+            if deadline is None:
                 return await future
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(deadline - now):
                     return await future
             except TimeoutError:
-                raise NodeTimeoutError(f"no signal {name!r} within {timeout:g}s") from None
+                raise NodeTimeoutError(f"no signal {name!r} within {timeout or 0:g}s") from None
         finally:
             # resumed only by a delivered signal, not by a timeout or a cancel
             delivered = future.done() and not future.cancelled()
             if not future.done():
                 future.cancel()
+            if durable:
+                del shared.blocked[node_id]
+                shared.parking_changed()
             self.records[index].status = NodeStatus.RUNNING
-            shared.pending.pop(node_id, None)
+            if not shared.parked:  # a parked run's checkpoint keeps the wait pending
+                shared.pending.pop(node_id, None)
             shared.waiting -= 1
             if shared.waiting == 0 and shared.status is RunStatus.WAITING:
                 shared.status = RunStatus.RUNNING
@@ -846,6 +994,10 @@ class RunHandle:
         resolver = self.shared.resolver
         if resolver is None:
             raise NodeExecutionError("no workflow resolver is configured for subworkflows")
+        exceeded = self.shared.budget.add_subrun()
+        if exceeded is not None:
+            self._over_budget(exceeded, ctx.node_id)
+            raise exceeded
         definition = await resolver.get_workflow(workflow_id, version)
         scope = Scope(input, dict(definition.vars), {}, self.scope.run)
         return await self._run_child(ctx, compile_workflow(definition), scope, workflow_id)
@@ -870,7 +1022,7 @@ class RunHandle:
 
 _DEFAULT_RETRY = RetryPolicy()
 #: error kinds not retried unless a policy's ``retry_on`` names them
-_NOT_RETRIED = frozenset({"circuit_open", "config", "forbidden_target", "input"})
+_NOT_RETRIED = frozenset({"circuit_open", "config", "forbidden_target", "input", "output"})
 
 
 def _backoff(policy: RetryPolicy, default_delay: float, attempt: int) -> float:
@@ -886,7 +1038,7 @@ def _failure(exc: BaseException) -> NodeResult:
     message = str(exc) or type(exc).__name__
     if not isinstance(exc, FlowcoreError):
         message = f"{type(exc).__name__}: {message}"
-    return NodeResult(success=False, error=message, error_kind=kind, exception=exc)
+    return NodeResult(success=False, error=clean_text(message), error_kind=kind, exception=exc)
 
 
 async def _notify(callbacks: list[Any], method: str, *args: Any) -> None:

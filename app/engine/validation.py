@@ -23,6 +23,7 @@ from app.engine.expressions import compile_expression, template_expressions
 from app.engine.graph import compile_workflow, instantiate
 from app.engine.node import BaseNode
 from app.engine.registry import NodeRegistry
+from app.engine.values import ValueProblem, inspect_value
 
 FORMATS_GROUP = "flowcore.formats"
 
@@ -62,21 +63,6 @@ def _parse_text(text: str) -> Any:
     )
 
 
-def _depth(value: Any, limit: int) -> int:
-    """Nesting depth of a JSON-like value, iteratively, stopping just past ``limit``."""
-    deepest = 0
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            if deepest > limit:
-                return deepest
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
-
-
 def _check(
     source: Source, limits: ExecutionConfig
 ) -> tuple[WorkflowDefinition | None, list[ValidationIssue]]:
@@ -95,19 +81,21 @@ def _check(
     if not isinstance(raw, dict):
         return None, [ValidationIssue("a workflow definition must be an object", code="type")]
     try:
+        # nesting, NUL characters, lone surrogates, NaN and infinities: refused here,
+        # whatever field holds them, rather than when a run reads them
+        inspect_value(raw, max_depth=limits.max_value_depth)
+    except ValueProblem as problem:
+        code = "limit" if "nests deeper" in problem.reason else "value"
+        reason = problem.reason
+        if code == "limit":
+            reason += f" (max_value_depth={limits.max_value_depth})"
+        return None, [ValidationIssue(reason, field=problem.path.lstrip(".") or None, code=code)]
+    try:
         size = len(json.dumps(raw, separators=(",", ":"), default=str).encode())
     except (TypeError, ValueError) as exc:
         return None, [ValidationIssue(f"the definition is not JSON-like: {exc}", code="type")]
     if size > limits.max_definition_bytes:
         return None, [_too_big(size, limits)]
-    depth = _depth(raw, limits.max_nesting_depth)
-    if depth > limits.max_nesting_depth:
-        return None, [
-            ValidationIssue(
-                f"the definition nests deeper than max_nesting_depth={limits.max_nesting_depth}",
-                code="limit",
-            )
-        ]
     checker = _Checker(limits)
     definition = checker.definition(raw, prefix="", depth=0)
     if definition is None or checker.issues:
@@ -179,6 +167,9 @@ class _Checker:
             return None
         nodes, node_ids, nodes_ok = parsed_nodes
         edges, edges_ok = parsed_edges
+        if not node_ids and nodes_ok:
+            self.add("a workflow needs at least one node", "schema", field=prefix + "nodes")
+            nodes_ok = False
         ok = ok and nodes_ok and edges_ok
         self.node_count += len(node_ids)
         self.edge_count += len(edges_raw)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -59,14 +59,20 @@ class TransformNode(BaseNode):
 
 
 class DelayConfig(_Config):
-    seconds: float | str = Field(
-        description="Seconds to sleep: a number, a CEL expression or a {{ }} template."
+    seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] | str = Field(
+        description="Seconds to sleep: a number, a CEL expression or a {{ }} template "
+        "(at most the run's max_delay_seconds)."
     )
 
 
 @NodeRegistry.register("delay")
 class DelayNode(BaseNode):
-    """Sleeps on the engine's clock; output ``{"slept": seconds}``."""
+    """Sleeps on the engine's clock; output ``{"slept": seconds}``.
+
+    ``seconds`` given as a CEL expression is evaluated; given as a template, what the
+    template yields is the value (data is never evaluated as an expression). A long
+    sleep in the service parks the run: it leaves the replica until it is due.
+    """
 
     config_model = DelayConfig
     config: DelayConfig
@@ -82,10 +88,16 @@ class DelayNode(BaseNode):
         self, node_context: NodeContext, workflow_context: WorkflowContext
     ) -> NodeResult:
         value: Any = node_context.config["seconds"]
-        if isinstance(value, str):
-            value = node_context.evaluate(value)
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        if self.expressions():  # raw CEL in the definition (a template was rendered)
+            value = node_context.evaluate(str(self.config.seconds))
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value < float("inf")
+        ):
             raise NodeConfigError(f"seconds must be a non-negative number, got {value!r}")
+        if value > node_context.execution_config.max_delay_seconds:
+            raise node_context.over_budget("max_delay_seconds", f"a delay of {value:g}s")
         await node_context.sleep(float(value))
         return NodeResult(output={"slept": value})
 

@@ -72,6 +72,8 @@ class MapNode(BaseNode):
         items = node_context.evaluate(self.config.items)
         if not isinstance(items, list):
             raise NodeConfigError(f"items must evaluate to a list, got {type(items).__name__}")
+        if len(items) > node_context.execution_config.max_map_items:
+            raise node_context.over_budget("max_map_items", f"a map over {len(items)} items")
         body = self._body_definition()
         limit = self.config.max_concurrency or node_context.max_concurrent_tasks
         results: list[Any] = [None] * len(items)

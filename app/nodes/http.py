@@ -38,6 +38,7 @@ TCP connection plus a TLS ClientHello to the rebound address (a port probe, no r
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -93,6 +94,8 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 5
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+#: no config reads more than this, whatever it says (the run's max_output_bytes is lower)
+MAX_RESPONSE_BYTES_CEILING = 1024 * 1024 * 1024
 USER_AGENT = "flowcore-http/0.1"
 
 # Headers that may carry credentials: never forwarded to another origin on a redirect.
@@ -207,7 +210,12 @@ class HttpConfig(BaseModel):
         description="Host names and IP networks that may be reached although not public.",
     )
     follow_redirects: bool = Field(True, description=f"Follow up to {MAX_REDIRECTS} redirects.")
-    max_response_bytes: int = Field(DEFAULT_MAX_RESPONSE_BYTES, ge=1)
+    max_response_bytes: int = Field(
+        DEFAULT_MAX_RESPONSE_BYTES,
+        ge=1,
+        le=MAX_RESPONSE_BYTES_CEILING,
+        description="Largest response body read (never more than the run's max_output_bytes).",
+    )
     idempotency_header: str | None = Field(
         "Idempotency-Key",
         description="Header carrying the run's idempotency key on POST and PATCH (null: none).",
@@ -584,5 +592,10 @@ class HttpNode(BaseNode):
         self, node_context: NodeContext, workflow_context: WorkflowContext
     ) -> NodeResult:
         plan = _plan(node_context.config, node_context.idempotency_key)
+        # a body larger than the run's output budget could never be its output: stop
+        # reading there rather than hold it in memory
+        cap = node_context.execution_config.max_output_bytes
+        if plan.max_response_bytes > cap:
+            plan = dataclasses.replace(plan, max_response_bytes=cap)
         client = shared_http_client(_http_pool_size(node_context))
         return await _Exchange(client, self._target_policy(), plan).run()

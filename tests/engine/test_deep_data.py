@@ -1,14 +1,17 @@
-"""Data the engine cannot encode (nested thousands of levels deep) fails a run cleanly,
+"""Data nested deeper than ``max_value_depth`` fails its node cleanly (kind ``output``),
 and checkpoint records stay bounded on a wide fan-out."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from app.engine import (
     ExecutionConfig,
     FileCheckpointStore,
     InMemoryCheckpointStore,
+    NodeStatus,
     RunStatus,
     WorkflowExecutor,
     create_workflow,
@@ -37,22 +40,32 @@ def test_a_cache_key_for_data_too_deep_to_encode_is_none() -> None:
     assert cache_key("t", {}, nested(5000)) is None
 
 
-async def test_caching_skips_what_cannot_be_keyed_and_the_run_succeeds() -> None:
+@pytest.mark.parametrize("cache", [False, True])
+async def test_an_output_nested_too_deep_fails_its_node(tmp_path: Path, cache: bool) -> None:
+    # noop i outputs {"n<i-1>": <its output>}: node n64's output is the first 65 deep
     workflow = create_workflow(noop_chain(1200), limits=ExecutionConfig(max_nodes=2000))
-    result = await WorkflowExecutor(ExecutionConfig(enable_cache=True)).execute(workflow)
-    assert result.status is RunStatus.SUCCEEDED
-
-
-async def test_unstorable_checkpoints_fail_the_run_instead_of_raising(tmp_path: Path) -> None:
-    workflow = create_workflow(noop_chain(1200), limits=ExecutionConfig(max_nodes=2000))
+    store = FileCheckpointStore(tmp_path)
     executor = WorkflowExecutor(
-        ExecutionConfig(enable_checkpoints=True), checkpoint_store=FileCheckpointStore(tmp_path)
+        ExecutionConfig(enable_checkpoints=True, enable_cache=cache), checkpoint_store=store
     )
     result = await executor.execute(workflow, run_id="deep")
     assert result.status is RunStatus.FAILED
     assert result.error is not None
-    assert result.error.kind == "checkpoint"
-    assert "nests too deeply" in result.error.message
+    assert (result.error.kind, result.error.node_id) == ("output", "n64")
+    assert "nests deeper than 64 levels" in result.error.message
+    assert result.node_results["n63"].status is NodeStatus.SUCCEEDED
+    # what was stored is whole: the last checkpoint says how the run ended
+    latest = await store.latest("deep")
+    assert latest is not None
+    assert latest.status == "failed"
+    assert set(latest.completed) == {f"n{i}" for i in range(64)}
+
+
+async def test_the_depth_limit_is_the_operators_setting() -> None:
+    workflow = create_workflow(noop_chain(12))
+    result = await WorkflowExecutor(ExecutionConfig(max_value_depth=8)).execute(workflow)
+    assert result.error is not None
+    assert (result.error.kind, result.error.node_id) == ("output", "n8")
 
 
 async def test_records_of_a_wide_fan_out_do_not_copy_the_queue() -> None:

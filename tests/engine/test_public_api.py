@@ -10,6 +10,7 @@ import app.engine
 EXPECTED_ALL = [
     "BaseNode",
     "BreakerState",
+    "BudgetExceededError",
     "Cache",
     "CacheHit",
     "CachePolicy",
@@ -69,7 +70,9 @@ EXPECTED_ALL = [
     "Strategy",
     "SystemClock",
     "UnknownNodeTypeError",
+    "UnstorableValueError",
     "ValidationIssue",
+    "ValueProblem",
     "WorkflowContext",
     "WorkflowDefinition",
     "WorkflowExecutor",
@@ -77,6 +80,7 @@ EXPECTED_ALL = [
     "WorkflowResolver",
     "WorkflowValidationError",
     "create_workflow",
+    "inspect_value",
     "validate_workflow",
 ]
 

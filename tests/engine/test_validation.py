@@ -167,7 +167,7 @@ def test_yaml_text_without_a_formats_entry_point_is_a_parse_issue(
     assert issue.code == "parse"
     assert "flowcore.formats" in issue.message
     # JSON needs no plugin
-    assert validate_workflow('{"id": "x", "nodes": []}') == []
+    assert validate_workflow('{"id": "x", "nodes": [{"id": "a", "type": "noop"}]}') == []
 
 
 def test_a_valid_fallback_chain_and_nested_bodies_are_accepted() -> None:
@@ -559,17 +559,43 @@ def test_max_expression_length_is_enforced_naming_where() -> None:
     assert "max_expression_length" in issue.message
 
 
-def test_max_nesting_depth_bounds_json_nesting() -> None:
+def test_max_value_depth_bounds_json_nesting() -> None:
     deep: Any = "leaf"
     for _ in range(10):
         deep = {"k": deep}
     # the definition object, then `vars`, then the ten levels of `deep`: 12 deep
     definition = workflow(node("a"), vars={"deep": deep})
-    assert validate_workflow(definition, limits=ExecutionConfig(max_nesting_depth=12)) == []
+    assert validate_workflow(definition, limits=ExecutionConfig(max_value_depth=12)) == []
     issue = the_one(
-        validate_workflow(definition, limits=ExecutionConfig(max_nesting_depth=11)), "limit"
+        validate_workflow(definition, limits=ExecutionConfig(max_value_depth=11)), "limit"
     )
-    assert "max_nesting_depth=11" in issue.message
+    assert "max_value_depth=11" in issue.message
+    assert issue.field == "vars.deep.k.k.k.k.k.k.k.k.k"
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (float("nan"), "not a JSON number"),
+        (float("inf"), "not a JSON number"),
+        ("a\x00b", "NUL"),
+        ("\ud800", "surrogate"),
+    ],
+)
+def test_values_no_store_can_hold_are_refused_naming_the_field(value: Any, reason: str) -> None:
+    definition = workflow(node("a", "delay", config={"seconds": value}))
+    issue = the_one(validate_workflow(definition), "value")
+    assert issue.field == "nodes[0].config.seconds"
+    assert reason in issue.message
+
+
+def test_a_workflow_needs_a_node_and_an_id_of_the_documented_form() -> None:
+    assert where(validate_workflow({"id": "x", "nodes": []})) == {("schema", None, None, "nodes")}
+    for bad in ("a/b", "-x", "a b", "x" * 129, "a\nb", ""):
+        issues = validate_workflow(workflow(node("a"), id=bad))
+        assert [issue.field for issue in issues] == ["id"], bad
+    for good in ("a", "order-pipeline", "v1.2_x", "9" * 128):
+        assert validate_workflow(workflow(node("a"), id=good)) == [], good
 
 
 def test_max_nesting_depth_bounds_nested_body_workflows() -> None:
@@ -577,7 +603,7 @@ def test_max_nesting_depth_bounds_nested_body_workflows() -> None:
     for level in range(3):
         body = workflow(node(f"l{level}", "loop", config={"while": "false", "workflow": body}))
     assert validate_workflow(body) == []
-    issues = validate_workflow(body, limits=ExecutionConfig(max_nesting_depth=6))
+    issues = validate_workflow(body, limits=ExecutionConfig(max_nesting_depth=3))
     assert issues
     assert {issue.code for issue in issues} == {"limit"}
     assert all("nest" in issue.message for issue in issues)
