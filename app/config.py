@@ -68,6 +68,13 @@ class Settings(BaseSettings):
     event_flush_seconds: float = Field(
         0.1, gt=0, description="Events not yet committed with a checkpoint are flushed this often."
     )
+    park_after_seconds: float = Field(
+        1.0,
+        gt=0,
+        description="A run that has waited this long on nothing but top-level delays and "
+        "signals (and is not due sooner) is checkpointed and leaves the replica, freeing "
+        "its slot; it is claimed again when due or when a signal comes.",
+    )
     commit_window_seconds: float = Field(
         0.02,
         ge=0,
@@ -79,6 +86,15 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Request body limit (413).")
     max_wait_seconds: float = Field(60.0, gt=0, description="Upper bound of ?wait=N.")
     sse_heartbeat_seconds: float = Field(15.0, gt=0)
+
+    # metrics
+    metrics_workflow_labels: int = Field(
+        50,
+        ge=0,
+        description="Bound of the workflow_id label of the run metrics: the first N distinct "
+        "workflow ids a process sees get their own label value, every other id is counted "
+        "under 'other'; 0: no per-workflow labels, every run is counted under '_all'.",
+    )
 
     #: execution defaults for every run (FLOWCORE_EXECUTION='{"max_parallel_nodes": 20}')
     execution: dict[str, Any] = Field(default_factory=dict)

@@ -15,12 +15,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import checkpoints, events, health, runs, workflows
 from app.api.deps import Services
+from app.api.errors import document_problems, problem
 from app.api.errors import install as install_errors
-from app.api.errors import problem
 from app.bus import EventBus, LocalEventBus, RedisEventBus, RedisWakeups
 from app.cache import MeteredBreakers, RedisCircuitBreakers, ServiceCache
 from app.config import Settings
-from app.engine import ExecutionConfig
 from app.observability import metrics
 from app.observability.metrics import HttpMetrics
 from app.redis_link import RedisLink
@@ -144,6 +143,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         store = Store(engine)
         redis = await _connect_redis(settings)
+        metrics.WORKFLOW_LABELS.configure(settings.metrics_workflow_labels)
         samplers = _pool_samplers(engine, redis)
         metrics.SAMPLERS.extend(samplers)
         sampling = asyncio.get_running_loop().create_task(_sample_forever(), name="flowcore-sample")
@@ -159,7 +159,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await bus.start()  # before the dispatcher and before serving
         if wakeups is not None:
             await wakeups.start()
-        limits = ExecutionConfig()
+        # the operator's limits and budgets (FLOWCORE_EXECUTION) bound every definition
+        # and every value the API takes, as they bound every run
+        limits = settings.execution_config()
         definitions = DefinitionCache(limits)
         # a cached result or an open breaker on one replica counts on every replica
         cache = ServiceCache(redis, settings.execution_config().cache_size)
@@ -205,6 +207,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_errors(app)
+    document_problems(app)
     for router in (workflows.router, runs.router, events.router, checkpoints.router, health.router):
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

@@ -11,9 +11,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from app.api.body import BodyProblem
 from app.engine import (
     FlowcoreError,
     InputValidationError,
@@ -49,8 +51,51 @@ def not_found(what: str) -> ApiError:
     return ApiError(404, "not-found", "Not found", what)
 
 
+class ProblemItem(BaseModel):
+    """One of several problems: where (field, node, edge) and why."""
+
+    field: str | None = None
+    message: str
+    code: str | None = None
+    node: str | None = None
+    edge: str | None = None
+
+
+class Problem(BaseModel):
+    """An error, as ``application/problem+json`` (RFC 9457)."""
+
+    type: str = Field(description="A stable URI naming the kind of problem.")
+    title: str
+    status: int
+    detail: str = Field(description="What was wrong, naming the field or the resource.")
+    instance: str | None = Field(None, description="The request path.")
+    errors: list[ProblemItem] | None = Field(None, description="Every problem found.")
+
+
+_DESCRIPTIONS = {
+    400: "Bad request: a malformed cursor, Last-Event-ID or body",
+    404: "Not found",
+    405: "Method not allowed (the `Allow` header lists the methods)",
+    409: "Conflict: an idempotency key reused, or the run is in another state",
+    413: "The body exceeds FLOWCORE_MAX_BODY_BYTES",
+    422: "A field, parameter or value was refused (each named in `errors`)",
+    500: "A bug (logged); never for bad input",
+}
+
+
+def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses (rendered as problem+json)."""
+    return {status: {"model": Problem, "description": _DESCRIPTIONS[status]} for status in statuses}
+
+
 def problem(
-    status: int, type: str, title: str, detail: str, instance: str | None = None, **extra: Any
+    status: int,
+    type: str,
+    title: str,
+    detail: str,
+    instance: str | None = None,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
 ) -> JSONResponse:
     body: dict[str, Any] = {
         "type": TYPE_BASE + type,
@@ -61,7 +106,7 @@ def problem(
     if instance:
         body["instance"] = instance
     body.update(extra)
-    return JSONResponse(body, status_code=status, media_type=PROBLEM)
+    return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
 
 
 def install(app: FastAPI) -> None:
@@ -107,6 +152,17 @@ def install(app: FastAPI) -> None:
             422, "invalid-request", "Invalid request", detail, request.url.path, errors=errors
         )
 
+    @app.exception_handler(BodyProblem)
+    async def _body(request: Request, exc: BodyProblem) -> JSONResponse:
+        return problem(
+            422,
+            "invalid-request",
+            "Invalid request",
+            f"{exc.field}: {exc.message}",
+            request.url.path,
+            errors=[{"field": exc.field, "message": exc.message}],
+        )
+
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
         return problem(404, "not-found", "Not found", str(exc), request.url.path)
@@ -137,17 +193,53 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        titles = {404: "Not found", 405: "Method not allowed", 413: "Payload too large"}
-        kind = {404: "not-found", 405: "method-not-allowed", 413: "payload-too-large"}
+        titles = {
+            400: "Bad request",
+            404: "Not found",
+            405: "Method not allowed",
+            413: "Payload too large",
+        }
+        kind = {
+            400: "bad-request",
+            404: "not-found",
+            405: "method-not-allowed",
+            413: "payload-too-large",
+        }
         return problem(
             exc.status_code,
             kind.get(exc.status_code, f"http-{exc.status_code}"),
             titles.get(exc.status_code, "HTTP error"),
             str(exc.detail),
             request.url.path,
+            headers=dict(exc.headers) if exc.headers else None,  # a 405's Allow
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem(500, "internal", "Internal error", "an unexpected error occurred")
+
+
+def document_problems(app: FastAPI) -> None:
+    """Make ``/openapi.json`` say what the errors are: every 4xx and 5xx response of
+    every operation is ``application/problem+json`` with the ``Problem`` schema (FastAPI
+    would document its own 422 body, which the API never sends)."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema:
+            return app.openapi_schema
+        schema = generate()
+        problem_ref = {"$ref": "#/components/schemas/Problem"}
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                for status, response in operation.get("responses", {}).items():
+                    if status[:1] in ("4", "5"):
+                        response["content"] = {PROBLEM: {"schema": problem_ref}}
+        definitions = schema.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            definitions.pop(unused, None)
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -22,16 +22,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Query, Request
 from starlette.responses import StreamingResponse
 
+from app.api.body import CheckedRoute
 from app.api.deps import Services, ServicesDep
-from app.api.errors import not_found
-from app.api.schemas import EventOut
+from app.api.errors import ApiError, not_found, problems
+from app.api.params import MAX_INT, Cursor, RunIdPath, Sequence
+from app.api.schemas import EventOut, EventPage
 from app.engine import Event
 from app.engine.events import TERMINAL_EVENTS
 from app.observability import metrics
 from app.store.models import EventRow
 from app.store.repository import TERMINAL
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], route_class=CheckedRoute, responses=problems(422, 500))
 
 POLL = 0.25
 TERMINAL_TYPES = frozenset(t.value for t in TERMINAL_EVENTS)
@@ -160,49 +162,79 @@ async def stream_events(
         metrics.SSE_CONNECTIONS.dec()
 
 
+def _sequence(value: str, what: str) -> int:
+    """An event sequence number given as text: digits, within the column's range."""
+    text = value.strip()
+    if not text.isascii() or not text.isdigit() or int(text) > MAX_INT:
+        raise ApiError(
+            400,
+            "bad-event-id",
+            "Bad event id",
+            f"{what} must be an event sequence number (0 to {MAX_INT}), not {value[:40]!r}",
+        )
+    return int(text)
+
+
 @router.get(
     "/v1/runs/{run_id}/events",
-    response_model=list[EventOut],
-    responses={200: {"content": {"text/event-stream": {}}}},
+    response_model=EventPage,
+    responses={
+        200: {
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "Server-sent events (the default), or with "
+            "`Accept: application/json` one page of the logged events.",
+        },
+        **problems(400, 404),
+    },
 )
 async def events(
-    run_id: str,
+    run_id: RunIdPath,
     request: Request,
     services: ServicesDep,
     accept: Annotated[str | None, Header()] = None,
-    last_event_id: Annotated[str | None, Header()] = None,
-    after: Annotated[int | None, Query(ge=0, description="Start after this sequence.")] = None,
-    last_event_id_query: Annotated[
-        int | None, Query(alias="lastEventId", ge=0, description="Last-Event-ID as a query.")
+    last_event_id: Annotated[
+        str | None,
+        Header(description="Resume after this sequence number (what EventSource sends)."),
     ] = None,
+    after: Sequence = None,
+    last_event_id_query: Annotated[
+        int | None,
+        Query(alias="lastEventId", ge=0, le=MAX_INT, description="Last-Event-ID as a query."),
+    ] = None,
+    cursor: Cursor = None,
+    limit: Annotated[int, Query(ge=1, le=10_000, description="Events per JSON page.")] = 1000,
 ) -> Any:
     """Server-sent events (``Accept: text/event-stream``, the default) or the logged events
-    as a JSON list (``Accept: application/json``)."""
+    as JSON pages (``Accept: application/json``: ``{items, next_cursor}``)."""
+    start = after or last_event_id_query or 0
+    if cursor is not None:
+        start = _sequence(cursor, "cursor")
+    if last_event_id:
+        start = _sequence(last_event_id, "Last-Event-ID")
     run = await services.store.get_run(run_id)
     if run is None:
         raise not_found(f"no run {run_id!r}")
-    start = after or last_event_id_query or 0
-    if last_event_id:
-        try:
-            start = int(last_event_id.split(".")[0])
-        except ValueError:
-            start = 0
     wants_json = (
         accept is not None and "application/json" in accept and ("text/event-stream" not in accept)
     )
     if wants_json:
-        rows = await services.store.events_after(run_id, start, limit=10_000)
-        return [
-            EventOut(
-                seq=r.seq,
-                type=r.type,
-                run_id=r.run_id,
-                node_id=r.node_id,
-                data=r.data,
-                timestamp=r.created_at,
-            )
-            for r in rows
-        ]
+        rows = await services.store.events_after(run_id, start, limit=limit + 1)
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return EventPage(
+            items=[
+                EventOut(
+                    seq=r.seq,
+                    type=r.type,
+                    run_id=r.run_id,
+                    node_id=r.node_id,
+                    data=r.data,
+                    timestamp=r.created_at,
+                )
+                for r in rows
+            ],
+            next_cursor=str(rows[-1].seq) if more else None,
+        )
     return StreamingResponse(
         stream_events(services, run_id, start, request),
         media_type="text/event-stream",

@@ -6,10 +6,11 @@ from fastapi import APIRouter, Request, Response
 from starlette.responses import JSONResponse
 
 from app.api.deps import ServicesDep
+from app.api.errors import problems
 from app.api.schemas import Health
 from app.observability.metrics import metrics_response
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], responses=problems(500))
 
 
 @router.get("/healthz", response_model=Health)

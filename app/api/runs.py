@@ -8,11 +8,21 @@ import hashlib
 import json
 import uuid
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Query, Response
 
+from app.api.body import CheckedRoute
 from app.api.deps import Services, ServicesDep
-from app.api.errors import ApiError, not_found
+from app.api.errors import ApiError, not_found, problems
+from app.api.params import (
+    Cursor,
+    IdempotencyKey,
+    Limit,
+    RunIdPath,
+    WaitSeconds,
+    WorkflowIdQuery,
+)
 from app.api.schemas import (
     NodeTimingOut,
     RunCreate,
@@ -35,7 +45,9 @@ from app.engine.schema import check_input
 from app.store.models import Run
 from app.store.repository import TERMINAL, IdempotencyConflict
 
-router = APIRouter(prefix="/v1/runs", tags=["runs"])
+router = APIRouter(
+    prefix="/v1/runs", tags=["runs"], route_class=CheckedRoute, responses=problems(422, 500)
+)
 
 STATUSES = ("queued", "running", "waiting", "succeeded", "failed", "cancelled")
 
@@ -62,6 +74,8 @@ def run_out(run: Run) -> RunOut:
         current_nodes=list(run.current_nodes or []),
         cancel_requested=bool(run.cancel_requested),
         forked_from=run.fork_of,
+        parked=bool(run.parked),
+        wake_at=run.wake_at if run.parked else None,
         links=RunLinks(
             self=base,
             events=f"{base}/events",
@@ -132,14 +146,17 @@ async def wait_for_outcome(services: Services, run_id: str, seconds: float) -> R
     "",
     status_code=202,
     response_model=RunOut,
-    responses={200: {"model": RunOut, "description": "finished within ?wait"}},
+    responses={
+        200: {"model": RunOut, "description": "finished within ?wait"},
+        **problems(400, 404, 409, 413),
+    },
 )
 async def start_run(
     body: RunCreate,
     services: ServicesDep,
     response: Response,
-    idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
-    wait: Annotated[float | None, Query(ge=0, description="Block up to N seconds.")] = None,
+    idempotency_key: IdempotencyKey = None,
+    wait: WaitSeconds = None,
 ) -> RunOut:
     """Queue a run of a workflow version. The same ``Idempotency-Key`` with the same body
     returns the same run; with a different body it is a 409."""
@@ -148,9 +165,9 @@ async def start_run(
         existing = await services.store.run_by_idempotency_key(idempotency_key)
         if existing is not None:
             if existing.request_hash != digest:
+                # the other request's run is not named: its caller may not be this one
                 raise IdempotencyConflict(
-                    f"Idempotency-Key {idempotency_key!r} was used for a different request "
-                    f"(run {existing.id})"
+                    f"Idempotency-Key {idempotency_key!r} was used for a different request"
                 )
             response.headers["Idempotent-Replayed"] = "true"
             return await _respond(services, existing, response, wait)
@@ -178,7 +195,7 @@ async def start_run(
 
 
 async def _respond(services: Services, run: Run, response: Response, wait: float | None) -> RunOut:
-    response.headers["Location"] = f"/v1/runs/{run.id}"
+    response.headers["Location"] = f"/v1/runs/{quote(run.id, safe='')}"
     if wait:
         finished = await wait_for_outcome(
             services, run.id, min(wait, services.settings.max_wait_seconds)
@@ -190,13 +207,13 @@ async def _respond(services: Services, run: Run, response: Response, wait: float
     return run_out(run)
 
 
-@router.get("", response_model=RunPage)
+@router.get("", response_model=RunPage, responses=problems(400))
 async def list_runs(
     services: ServicesDep,
-    workflow_id: str | None = None,
+    workflow_id: WorkflowIdQuery = None,
     status: Annotated[str | None, Query(pattern="^(" + "|".join(STATUSES) + ")$")] = None,
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> RunPage:
     """Runs, newest first, filtered by workflow and status."""
     page = await services.store.list_runs(
@@ -212,26 +229,34 @@ async def _run_or_404(services: Services, run_id: str) -> Run:
     return run
 
 
-@router.get("/{run_id}", response_model=RunOut)
-async def get_run(run_id: str, services: ServicesDep) -> RunOut:
+@router.get("/{run_id}", response_model=RunOut, responses=problems(404))
+async def get_run(run_id: RunIdPath, services: ServicesDep) -> RunOut:
     return run_out(await _run_or_404(services, run_id))
 
 
-@router.post("/{run_id}/cancel", status_code=202, response_model=RunOut)
-async def cancel_run(run_id: str, services: ServicesDep) -> RunOut:
-    """Cancel: a queued run at once; a running one's nodes are cancelled by its replica
-    and its state checkpointed."""
+@router.post(
+    "/{run_id}/cancel", status_code=202, response_model=RunOut, responses=problems(404, 409)
+)
+async def cancel_run(run_id: RunIdPath, services: ServicesDep) -> RunOut:
+    """Cancel: a run no replica holds (queued, parked, stopped at a breakpoint) at
+    once; a running one's nodes are cancelled by its replica and its state
+    checkpointed."""
     return run_out(await services.store.request_cancel(run_id))
 
 
-@router.post("/{run_id}/signal", status_code=202, response_model=RunOut)
-async def signal_run(run_id: str, body: SignalIn, services: ServicesDep) -> RunOut:
+@router.post(
+    "/{run_id}/signal",
+    status_code=202,
+    response_model=RunOut,
+    responses=problems(400, 404, 409, 413),
+)
+async def signal_run(run_id: RunIdPath, body: SignalIn, services: ServicesDep) -> RunOut:
     """Deliver a signal to the run's ``wait`` node (kept until that node waits for it)."""
     return run_out(await services.store.add_signal(run_id, body.name, body.payload))
 
 
-@router.get("/{run_id}/trace", response_model=TraceOut)
-async def trace(run_id: str, services: ServicesDep) -> TraceOut:
+@router.get("/{run_id}/trace", response_model=TraceOut, responses=problems(404))
+async def trace(run_id: RunIdPath, services: ServicesDep) -> TraceOut:
     """Duration and per-node timings, attempts and errors, from the node ledger."""
     run = await _run_or_404(services, run_id)
     timings = {
@@ -248,7 +273,7 @@ async def trace(run_id: str, services: ServicesDep) -> TraceOut:
     }
     # a node that failed is not in the ledger (it runs again on resume): the log has it
     started: dict[str, float] = {}
-    for event in await services.store.events_after(run_id, 0, limit=10_000):
+    for event in await _all_events(services, run_id):
         node_id = event.node_id
         if node_id is None or (node_id in timings and timings[node_id].status != "failed"):
             continue
@@ -269,8 +294,21 @@ async def trace(run_id: str, services: ServicesDep) -> TraceOut:
     )
 
 
-@router.get("/{run_id}/state", response_model=StateOut)
-async def state(run_id: str, services: ServicesDep) -> StateOut:
+async def _all_events(services: Services, run_id: str) -> list[Any]:
+    """A run's whole log, read a page at a time (its length is bounded by the run's
+    budgets, not by a page size)."""
+    events: list[Any] = []
+    while True:
+        page = await services.store.events_after(
+            run_id, events[-1].seq if events else 0, limit=10_000
+        )
+        events += page
+        if len(page) < 10_000:
+            return events
+
+
+@router.get("/{run_id}/state", response_model=StateOut, responses=problems(404))
+async def state(run_id: RunIdPath, services: ServicesDep) -> StateOut:
     """The run's state at its latest checkpoint: variables, outputs, pending waits."""
     run = await _run_or_404(services, run_id)
     records = await services.store.checkpoint_records(run_id)

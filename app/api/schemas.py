@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.params import MAX_INT
+from app.engine.dsl import WORKFLOW_ID_PATTERN
+
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -46,8 +49,8 @@ class WorkflowPage(BaseModel):
 
 
 class RunCreate(_In):
-    workflow_id: str = Field(min_length=1, max_length=200)
-    version: int | None = Field(None, ge=1, description="Default: the latest version.")
+    workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
+    version: int | None = Field(None, ge=1, le=MAX_INT, description="Default: the latest version.")
     input: Any = None
     config: dict[str, Any] | None = Field(
         None, description="ExecutionConfig overrides for this run (unknown knobs are rejected)."
@@ -77,6 +80,12 @@ class RunOut(BaseModel):
     current_nodes: list[str]
     cancel_requested: bool
     forked_from: str | None = None
+    parked: bool = Field(
+        False,
+        description="Waiting with no replica holding it: it is claimed again at `wake_at`, "
+        "or when a signal comes.",
+    )
+    wake_at: float | None = Field(None, description="When a parked run is due (epoch s).")
     links: RunLinks
 
 
@@ -103,6 +112,13 @@ class EventOut(BaseModel):
     node_id: str | None
     data: dict[str, Any]
     timestamp: float
+
+
+class EventPage(BaseModel):
+    items: list[EventOut]
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` (or `after`) for the next page; null: no more yet."
+    )
 
 
 class CheckpointOut(BaseModel):

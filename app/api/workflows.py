@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 from typing import Annotated, Any
+from urllib.parse import quote
 
-from fastapi import APIRouter, Body, Query, Response
+from fastapi import APIRouter, Body, Response
 
+from app.api.body import CheckedRoute
 from app.api.deps import ServicesDep
-from app.api.errors import not_found
+from app.api.errors import not_found, problems
+from app.api.params import Cursor, Limit, VersionPath, WorkflowIdPath
 from app.api.schemas import Issue, ValidationResult, WorkflowOut, WorkflowPage, WorkflowSummary
-from app.engine import create_workflow, validate_workflow
+from app.engine import (
+    ValidationIssue,
+    WorkflowValidationError,
+    create_workflow,
+    validate_workflow,
+)
 from app.store.models import WorkflowVersion
 
-router = APIRouter(prefix="/v1/workflows", tags=["workflows"])
+router = APIRouter(
+    prefix="/v1/workflows",
+    tags=["workflows"],
+    route_class=CheckedRoute,
+    responses=problems(422, 500),
+)
 
 DefinitionBody = Annotated[
     dict[str, Any],
@@ -46,30 +59,44 @@ def workflow_out(row: WorkflowVersion) -> WorkflowOut:
     )
 
 
-@router.post("", status_code=201, response_model=WorkflowOut)
+def _issues(body: dict[str, Any], services: ServicesDep) -> list[ValidationIssue]:
+    """Every problem of a definition posted to the service (which, unlike the engine,
+    names no workflow for you: an id is required)."""
+    issues = validate_workflow(body, limits=services.limits)
+    if "id" not in body:
+        issues.insert(0, ValidationIssue("a workflow needs an id", field="id", code="schema"))
+    return issues
+
+
+@router.post("", status_code=201, response_model=WorkflowOut, responses=problems(400, 413))
 async def create(body: DefinitionBody, services: ServicesDep, response: Response) -> WorkflowOut:
     """Store a definition as a new version (re-posting an id makes version n+1)."""
-    definition = create_workflow(body, limits=services.limits)  # 422 lists every problem
+    issues = _issues(body, services)
+    if issues:
+        raise WorkflowValidationError(issues)  # 422 lists every problem
+    definition = create_workflow(body, limits=services.limits)
     data = definition.model_dump(mode="json", exclude_none=True)
     row = await services.store.create_workflow_version(definition.id, definition.name, data)
-    response.headers["Location"] = f"/v1/workflows/{row.workflow_id}/versions/{row.version}"
+    response.headers["Location"] = (
+        f"/v1/workflows/{quote(row.workflow_id, safe='')}/versions/{row.version}"
+    )
     return workflow_out(row)
 
 
-@router.post("/validate", response_model=ValidationResult)
+@router.post("/validate", response_model=ValidationResult, responses=problems(400, 413))
 async def validate(body: DefinitionBody, services: ServicesDep) -> ValidationResult:
     """Validate a definition without storing it."""
-    issues = validate_workflow(body, limits=services.limits)
+    issues = _issues(body, services)
     return ValidationResult(
         valid=not issues, errors=[Issue.model_validate(i.to_dict()) for i in issues]
     )
 
 
-@router.get("", response_model=WorkflowPage)
+@router.get("", response_model=WorkflowPage, responses=problems(400))
 async def list_workflows(
     services: ServicesDep,
-    cursor: str | None = None,
-    limit: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Cursor = None,
+    limit: Limit = 50,
 ) -> WorkflowPage:
     """The latest version of every workflow that is not archived, by id."""
     page = await services.store.list_workflows(cursor, limit)
@@ -84,24 +111,31 @@ async def list_workflows(
     )
 
 
-@router.get("/{workflow_id}", response_model=WorkflowOut)
-async def get_latest(workflow_id: str, services: ServicesDep) -> WorkflowOut:
+@router.get("/{workflow_id}", response_model=WorkflowOut, responses=problems(404))
+async def get_latest(workflow_id: WorkflowIdPath, services: ServicesDep) -> WorkflowOut:
+    """The latest version (404 once the workflow is archived)."""
     row = await services.store.get_workflow(workflow_id)
     if row is None:
         raise not_found(f"no workflow {workflow_id!r}")
     return workflow_out(row)
 
 
-@router.get("/{workflow_id}/versions/{version}", response_model=WorkflowOut)
-async def get_version(workflow_id: str, version: int, services: ServicesDep) -> WorkflowOut:
+@router.get(
+    "/{workflow_id}/versions/{version}", response_model=WorkflowOut, responses=problems(404)
+)
+async def get_version(
+    workflow_id: WorkflowIdPath, version: VersionPath, services: ServicesDep
+) -> WorkflowOut:
+    """One version, archived or not (``archived`` says which): runs started on it keep
+    reading it; an archived workflow only starts no new runs."""
     row = await services.store.get_workflow(workflow_id, version, include_archived=True)
     if row is None:
         raise not_found(f"no workflow {workflow_id!r} version {version}")
     return workflow_out(row)
 
 
-@router.delete("/{workflow_id}", status_code=204)
-async def archive(workflow_id: str, services: ServicesDep) -> Response:
+@router.delete("/{workflow_id}", status_code=204, responses=problems(404))
+async def archive(workflow_id: WorkflowIdPath, services: ServicesDep) -> Response:
     """Archive a workflow: it no longer starts runs; runs already started finish."""
     if not await services.store.archive_workflow(workflow_id):
         raise not_found(f"no workflow {workflow_id!r}")

@@ -153,6 +153,7 @@ class WorkflowExecutor:
         self._runs: dict[str, RunShared] = {}
         self._last: RunShared | None = None
         self._early_signals: dict[str, list[tuple[str, Any]]] = {}
+        self._early_cancels: set[str] = set()
 
     # --------------------------------------------------------------------- hooks
 
@@ -338,6 +339,9 @@ class WorkflowExecutor:
         self._runs[run_id] = shared
         for name, payload in self._early_signals.pop(run_id, ()):
             shared.signal(name, payload)
+        if run_id in self._early_cancels:  # cancelled before it started: no node runs
+            self._early_cancels.discard(run_id)
+            handle.cancel()
         if effective.debug_mode:  # kept for get_current_state() after the run ends
             self._last = shared
         try:
@@ -389,10 +393,12 @@ class WorkflowExecutor:
                 error = shared.checkpoint_error
                 result.status = RunStatus.FAILED
                 result.output = None
+                # the store's own words stay in the log: they may quote the data and
+                # name its internals, neither of which belongs in a run's error
+                logger.warning("run %s: checkpoints could not be written", run_id, exc_info=error)
                 result.error = RunError(
-                    f"checkpoints could not be written: {type(error).__name__}: {error}"
-                    if not isinstance(error, RecursionError)
-                    else "checkpoints could not be written: the run's data nests too deeply",
+                    "checkpoints could not be written: the checkpoint store refused the "
+                    f"run's state ({type(error).__name__})",
                     "checkpoint",
                 )
             if effective.trace_execution:
@@ -492,8 +498,13 @@ class WorkflowExecutor:
 
     # ----------------------------------------------------------------- control
 
-    def cancel(self, run_id: str) -> None:
-        """Cancel a live run: its running nodes are cancelled, it ends ``cancelled``."""
+    def cancel(self, run_id: str, *, early: bool = False) -> None:
+        """Cancel a live run: its running nodes are cancelled, it ends ``cancelled``.
+        With ``early``, a run that has not started yet is cancelled as it starts (no
+        node runs) instead of raising RunNotFoundError."""
+        if early and run_id not in self._runs:
+            self._early_cancels.add(run_id)
+            return
         shared = self._shared(run_id)
         assert shared.root is not None
         shared.root.cancel()

@@ -1034,7 +1034,7 @@ def _backoff(policy: RetryPolicy, default_delay: float, attempt: int) -> float:
 
 
 def _failure(exc: BaseException) -> NodeResult:
-    kind = getattr(exc, "kind", None) or "execution"
+    kind = str(getattr(exc, "kind", None) or "execution")[:64]
     message = str(exc) or type(exc).__name__
     if not isinstance(exc, FlowcoreError):
         message = f"{type(exc).__name__}: {message}"

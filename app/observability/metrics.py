@@ -2,6 +2,17 @@
 ``flowcore_`` prefix, base units, ``_total`` counters; labelled by workflow id, node type,
 status and route template — never by run id (unbounded cardinality).
 
+Every label value comes from a bounded set:
+
+- ``workflow_id``: the first ``metrics_workflow_labels`` distinct workflow ids this
+  process sees since the app started, then ``other`` (``_all`` for every run when the
+  setting is 0) — see :class:`WorkflowLabels`;
+- ``node_type``: the registered node types (a workflow naming another does not validate);
+- HTTP ``route``: the app's route templates, ``unmatched`` for a request no route matched
+  (a 404), and ``method``: the standard HTTP methods, any other folded into ``other``.
+- ``breaker``: the circuit-breaker keys the workflows use (``circuit_breaker.key`` or the
+  node type's default, e.g. the ``http`` node's target host): not capped here.
+
 With several uvicorn workers, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory:
 ``/metrics`` then aggregates every worker's samples (prometheus-client multiprocess mode).
 """
@@ -133,6 +144,10 @@ def sample() -> None:
             sampler()
 
 
+RUNS_PARKED = Counter(
+    "flowcore_runs_parked_total",
+    "Runs that left a replica to wait for a timer or a signal (claimed again when due).",
+)
 LEASE_TAKEOVERS = Counter(
     "flowcore_lease_takeovers_total",
     "Runs claimed again after their lease expired or was released.",
@@ -153,6 +168,61 @@ HTTP_DURATION = Histogram(
 )
 
 
+class WorkflowLabels:
+    """The ``workflow_id`` label value of a run: bounded, so that creating workflows cannot
+    grow the exposition without limit.
+
+    The first ``limit`` distinct workflow ids seen get their own label value; every other
+    id is counted under :attr:`OTHER`. With ``limit`` 0 there are no per-workflow labels:
+    every run is counted under :attr:`ALL`. A workflow whose id is one of these two values
+    never gets a slot of its own (it is counted under ``other``, or ``_all``).
+
+    The set is per process and starts empty when the app starts (:meth:`configure`); with
+    several uvicorn workers each worker picks its own first ids, so the aggregated
+    exposition holds at most ``workers * limit`` ids plus ``other``. Not locked: it is used
+    from the event loop only.
+    """
+
+    OTHER = "other"
+    ALL = "_all"
+
+    def __init__(self, limit: int = 50) -> None:
+        self.limit = 0
+        self._given: set[str] = set()
+        self.configure(limit)
+
+    def configure(self, limit: int) -> None:
+        """Set the bound and forget the ids seen so far (at startup)."""
+        if limit < 0:
+            raise ValueError(f"limit must be >= 0, not {limit}")
+        self.limit = limit
+        self._given = set()
+
+    def label(self, workflow_id: str) -> str:
+        if self.limit == 0:
+            return self.ALL
+        if workflow_id in self._given:
+            return workflow_id
+        if len(self._given) >= self.limit or workflow_id in (self.OTHER, self.ALL):
+            return self.OTHER
+        self._given.add(workflow_id)
+        return workflow_id
+
+    @property
+    def labelled(self) -> frozenset[str]:
+        """The workflow ids that have a label value of their own."""
+        return frozenset(self._given)
+
+
+#: configured by the app at startup from ``Settings.metrics_workflow_labels``
+WORKFLOW_LABELS = WorkflowLabels()
+
+
+def run_started(workflow_id: str) -> None:
+    """Count a run this replica starts executing."""
+    RUNS_STARTED.labels(WORKFLOW_LABELS.label(workflow_id)).inc()
+
+
 #: the engine's in-process statistics of this worker's runs, fed from the same place as
 #: the Prometheus families below, so the two always agree
 COLLECTOR = MetricsCollector()
@@ -161,7 +231,7 @@ COLLECTOR = MetricsCollector()
 def record_run(result: RunResult, claimed_at: float, created_at: float, first_claim: bool) -> None:
     """Account for a finished run and its nodes (once, when it ends)."""
     COLLECTOR.record_run(result)
-    workflow = result.workflow_id
+    workflow = WORKFLOW_LABELS.label(result.workflow_id)
     RUNS_FINISHED.labels(workflow, result.status.value).inc()
     RUN_DURATION.labels(workflow).observe(max(result.duration_ms / 1000.0, 0.0))
     if first_claim:
@@ -191,8 +261,18 @@ def metrics_response(_request: Request) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
 
+#: the ``method`` label values; any other method a client sends is counted as ``other``
+HTTP_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "CONNECT", "TRACE"}
+)
+#: the ``route`` label of a request that no route matched (a 404 of any path)
+UNMATCHED_ROUTE = "unmatched"
+
+
 class HttpMetrics:
-    """Counts requests and their latency by method, route *template* and status."""
+    """Counts requests and their latency by method, route *template* and status. The
+    labels stay bounded: a path no route matched is counted as ``unmatched``, a method
+    outside :data:`HTTP_METHODS` as ``other``."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -214,7 +294,9 @@ class HttpMetrics:
             await self.app(scope, receive, recording_send)
         finally:
             route: Any = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or UNMATCHED_ROUTE
             method = scope.get("method", "GET")
+            if method not in HTTP_METHODS:
+                method = "other"
             HTTP_REQUESTS.labels(method, template, str(status)).inc()
             HTTP_DURATION.labels(method, template).observe(time.perf_counter() - started)

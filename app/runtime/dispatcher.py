@@ -1,9 +1,16 @@
 """The dispatcher every replica runs: it claims queued runs (and runs whose lease
-expired), executes them on the engine with a durable journal, keeps their leases alive,
-delivers cancellations and signals, and gives its runs back on shutdown.
+expired, and parked runs that are due), executes them on the engine with a durable
+journal, keeps their leases alive, delivers cancellations and signals, and gives its
+runs back on shutdown.
+
+A run that waits on nothing but top-level delays and signals *parks*: the engine
+checkpoints it and returns, the store keeps it ``waiting`` with no owner and a
+``wake_at``, and it costs this replica nothing until it is due or a signal comes; then
+any replica claims it and it continues from that checkpoint.
 
 Idle dispatchers are woken by notifications — Postgres ``LISTEN/NOTIFY`` across
-replicas, in-process callbacks on SQLite — and otherwise poll every ``poll_seconds``.
+replicas, in-process callbacks on SQLite — and otherwise poll every ``poll_seconds``
+(sooner when a parked run is due before that).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +39,7 @@ from app.engine.breaker import CircuitBreakerStore
 from app.engine.checkpoint import Checkpoint, fold
 from app.engine.checkpoint import chain_to as checkpoint_chain
 from app.engine.memory import InMemoryMemoryStore
+from app.engine.values import clean_text
 from app.observability import metrics
 from app.runtime.definitions import DefinitionCache
 from app.runtime.journal import RunJournal
@@ -64,6 +73,8 @@ class ActiveRun:
     executor: WorkflowExecutor
     task: asyncio.Task[None] | None = None
     released: bool = False
+    #: the engine has returned: signals are no longer delivered to this execution
+    ended: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -97,6 +108,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        #: when the first parked run is due, as last learned (None: no timer known)
+        self._next_wake: float | None = None
+        self._wake_checked = 0.0
         store.local_listeners.append(self._on_notification)
 
     # ------------------------------------------------------------------ lifecycle
@@ -153,19 +167,42 @@ class Dispatcher:
             self._wake.set()  # a slot may have freed up elsewhere; cheap to look
 
     async def _control(self, run_id: str) -> None:
+        """A run of this replica was signalled, cancelled or resumed elsewhere."""
         run = self.active.get(run_id)
         if run is None:
             return
-        for signal in await self.store.take_signals([run_id]):
-            self._deliver(signal.run_id, signal.name, signal.payload)
-        if await self.store.cancel_requested(run_id):
+        current = await self.store.get_run(run_id)
+        if current is None or (current.owner, current.epoch) != (run.lease.owner, run.lease.epoch):
+            # resumed in place (the epoch moved on): this execution stops now, not
+            # when its current node ends or its next heartbeat finds out
+            if self.active.get(run_id) is run:
+                run.journal.detach()
+                self._stop_run(run)
+            return
+        await self._deliver_signals([run_id])
+        if current.cancel_requested:
             with contextlib.suppress(FlowcoreError):
                 run.executor.cancel(run_id)
 
-    def _deliver(self, run_id: str, name: str, payload: Any) -> None:
-        run = self.active.get(run_id)
-        if run is not None:
-            run.executor.signal(run_id, name, payload, early=True)
+    async def _deliver_signals(self, run_ids: list[str]) -> None:
+        """Hand the stored signals of these runs to their executions. A signal an
+        execution no longer takes (it parked meanwhile) goes back to the store, which
+        wakes the parked run for it."""
+        open_ids = [i for i in run_ids if (r := self.active.get(i)) is not None and not r.ended]
+        if not open_ids:
+            return
+        returned: dict[str, list[int]] = {}
+        for signal in await self.store.take_signals(open_ids):
+            run = self.active.get(signal.run_id)
+            taken = (
+                run is not None
+                and not run.ended
+                and run.executor.signal(signal.run_id, signal.name, signal.payload, early=True)
+            )
+            if not taken:
+                returned.setdefault(signal.run_id, []).append(signal.id)
+        for run_id, ids in returned.items():
+            await self.store.return_signals(run_id, ids)
 
     # ------------------------------------------------------------------- claiming
 
@@ -185,10 +222,41 @@ class Dispatcher:
                 self._start(run)
             if claimed and len(claimed) == free:
                 continue  # there may be more
+            idle = await self._idle_seconds()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.settings.poll_seconds)
+                await asyncio.wait_for(self._wake.wait(), idle)
+
+    async def _idle_seconds(self) -> float:
+        """How long to wait for a wake-up: ``poll_seconds``, or less when a parked run
+        is due sooner (parked runs of other replicas are learned once per poll)."""
+        loop = asyncio.get_running_loop()
+        poll = self.settings.poll_seconds
+        if loop.time() - self._wake_checked >= poll:
+            self._wake_checked = loop.time()
+            try:
+                self._next_wake = await self.store.next_wake_at()
+            except Exception:
+                logger.exception("reading the next wake-up failed")
+        if self._next_wake is None:
+            return poll
+        due = self._next_wake - time.time()
+        if due <= 0:
+            self._next_wake = None  # claimed now; the next one is read again
+            return 0.0
+        return min(poll, due)
+
+    def _parked_until(self, wake_at: float | None) -> None:
+        if wake_at is not None and (self._next_wake is None or wake_at < self._next_wake):
+            self._next_wake = wake_at
+            self._wake.set()
 
     def _start(self, run: Run) -> None:
+        previous = self.active.get(run.id)
+        if previous is not None:
+            # an older execution of this run (resumed in place, or its lease expired
+            # while this replica stalled) is still here: it stops before this one starts
+            previous.journal.detach()
+            self._stop_run(previous)
         lease = Lease(run.id, self.owner, run.epoch)
         executor = WorkflowExecutor(
             self.config,
@@ -196,6 +264,7 @@ class Dispatcher:
             cache=self.cache.for_workflow(run.workflow_id),
             circuit_breakers=self.breakers,
             memory_store=self.memory_store,
+            park_after=self.settings.park_after_seconds,
         )
         journal = RunJournal(
             self.store,
@@ -237,14 +306,21 @@ class Dispatcher:
         lease, journal, executor = active.lease, active.journal, active.executor
         journal.start()
         metrics.ACTIVE_RUNS.inc()
-        metrics.RUNS_STARTED.labels(run.workflow_id).inc()
+        metrics.run_started(run.workflow_id)
         if run.claims > 1:
             metrics.LEASE_TAKEOVERS.inc()
         try:
+            if run.cancel_requested:  # requested while it was parked or being taken over
+                executor.cancel(run.id, early=True)
+            await self._deliver_signals([run.id])  # those that came while it was away
             result = await self._run(executor, journal, run)
-            metrics.record_run(
-                result, run.started_at or run.created_at, run.created_at, run.claims == 1
-            )
+            active.ended = True
+            if result.error is not None and result.error.kind == "checkpoint":
+                raise _StateNotStored(result.error.message)
+            if not result.parked:
+                metrics.record_run(
+                    result, run.started_at or run.created_at, run.created_at, run.claims == 1
+                )
             await journal.close()
             if journal.lost or journal.finished:
                 return  # taken over elsewhere, or the outcome went with the final checkpoint
@@ -253,7 +329,12 @@ class Dispatcher:
                 result.status.value,
                 result.output,
                 result.error.to_dict() if result.error else None,
+                parked=result.parked,
+                wake_at=result.wake_at,
             )
+            if result.parked:
+                metrics.RUNS_PARKED.inc()
+                self._parked_until(result.wake_at)
         except asyncio.CancelledError:
             if not active.released:
                 raise
@@ -261,8 +342,8 @@ class Dispatcher:
             logger.info("run %s was taken over elsewhere", run.id, extra={"run_id": run.id})
         except Exception as exc:
             # a run that cannot start (a bad definition, input or checkpoint) or whose
-            # state cannot be stored (e.g. an output nested too deeply to encode) fails;
-            # events that could not be written are dropped with the journal
+            # state cannot be stored fails; events that could not be written are dropped
+            # with the journal, and the log ends with the run.failed written here
             logger.exception(
                 "run %s failed in the service",
                 run.id,
@@ -270,9 +351,7 @@ class Dispatcher:
             )
             journal.detach()
             with contextlib.suppress(LeaseLost):
-                await self.store.finish_run(
-                    lease, "failed", None, {"message": _message(exc), "kind": _kind(exc)}
-                )
+                await self.store.fail_run(lease, _failure(exc))
         finally:
             metrics.ACTIVE_RUNS.dec()
             if self.active.get(run.id) is active:
@@ -355,15 +434,18 @@ class Dispatcher:
             if run is not None:
                 with contextlib.suppress(FlowcoreError):
                     run.executor.cancel(run_id)
-        for signal in await self.store.take_signals(list(self.active)):
-            self._deliver(signal.run_id, signal.name, signal.payload)
+        await self._deliver_signals(list(self.active))
 
 
-def _message(exc: BaseException) -> str:
-    if isinstance(exc, RecursionError):
-        return "the run's data nests too deeply to be stored (RecursionError while encoding)"
-    return str(exc) or type(exc).__name__
+class _StateNotStored(Exception):
+    """The engine could not write the run's checkpoints."""
 
 
-def _kind(exc: BaseException) -> str:
-    return getattr(exc, "kind", None) or type(exc).__name__
+def _failure(exc: BaseException) -> dict[str, Any]:
+    """A run's error for an exception that ended it in the service: the engine's own
+    errors speak for themselves; anything else (the database refusing the run's state,
+    a bug) is named by what it means, never by the driver's message, which may quote the
+    data and the schema (the log has it)."""
+    if isinstance(exc, FlowcoreError):
+        return {"message": clean_text(str(exc) or type(exc).__name__), "kind": exc.kind}
+    return {"message": "the run's state could not be stored", "kind": "storage"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Index, Integer, MetaData, String, Text
+from sqlalchemy import JSON, Boolean, Float, Index, Integer, MetaData, String, Text, false, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -71,11 +71,21 @@ class Run(Base):
     fork_of: Mapped[str | None] = mapped_column(String(100))
     vars_patch: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    # a parked run (status 'waiting', no owner) is claimed again at ``wake_at`` (epoch
+    # seconds) or, with no ``wake_at``, when a signal comes
+    parked: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    wake_at: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
         Index("ix_runs_claim", "status", "created_at"),
         Index("ix_runs_workflow", "workflow_id", "created_at"),
         Index("ix_runs_owner", "owner"),
+        Index(
+            "ix_runs_wake",
+            "wake_at",
+            postgresql_where=text("parked"),
+            sqlite_where=text("parked"),
+        ),
     )
 
 
@@ -119,7 +129,8 @@ class EventRow(Base):
     run_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     seq: Mapped[int] = mapped_column(Integer, primary_key=True)
     type: Mapped[str] = mapped_column(String(32))
-    node_id: Mapped[str | None] = mapped_column(String(400))
+    #: a top-level node's id, or a body node's path (``map[3]/leaf``), any length
+    node_id: Mapped[str | None] = mapped_column(Text)
     data: Mapped[dict[str, Any]] = mapped_column(JSONType)
     created_at: Mapped[float] = mapped_column(Float)
 

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import configure_mappers
 from sqlalchemy.util.concurrency import await_
 
-from app.engine import Event
+from app.engine import Event, EventType
 from app.engine.checkpoint import CheckpointRecord, NodeCheckpoint
 from app.store.db import (
     create_pg_pool,
@@ -47,6 +49,8 @@ from app.store.db import (
 from app.store.models import CheckpointRow, EventRow, NodeResultRow, Run, SignalRow, WorkflowVersion
 
 NOTIFY_CHANNEL = "flowcore"
+#: the id in a paging cursor: what run and workflow ids are made of
+_CURSOR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 #: status -> the statuses a run may move to from it
 TRANSITIONS: dict[str, frozenset[str]] = {
@@ -321,6 +325,8 @@ class Store:
                 .limit(limit + 1)
             )
             if cursor:
+                if not _CURSOR_ID.fullmatch(cursor):
+                    raise InvalidCursor(f"bad cursor {cursor[:80]!r}")
                 query = query.where(WorkflowVersion.workflow_id > cursor)
             rows = list((await session.execute(query)).scalars())
         more = len(rows) > limit
@@ -403,8 +409,7 @@ class Store:
                     raise
                 if existing.request_hash != request_hash:
                     raise IdempotencyConflict(
-                        f"Idempotency-Key {idempotency_key!r} was used for a different request "
-                        f"(run {existing.id})"
+                        f"Idempotency-Key {idempotency_key!r} was used for a different request"
                     ) from None
                 return existing, False
         self._announce(f"run:{run_id}")
@@ -435,7 +440,7 @@ class Store:
                 raise IntegrityError(_PG_CREATE_RUN, None, exc) from exc
             if existing.request_hash != row.request_hash:
                 raise IdempotencyConflict(
-                    f"Idempotency-Key {key!r} was used for a different request (run {existing.id})"
+                    f"Idempotency-Key {key!r} was used for a different request"
                 ) from None
             return existing, False
         self._announce(f"run:{row.id}")
@@ -487,7 +492,9 @@ class Store:
                 try:
                     created_at = float(created)
                 except ValueError:
-                    raise InvalidCursor(f"bad cursor {cursor!r}") from None
+                    created_at = float("nan")
+                if not math.isfinite(created_at) or not _CURSOR_ID.fullmatch(last_id):
+                    raise InvalidCursor(f"bad cursor {cursor[:80]!r}")
                 query = query.where(
                     or_(
                         Run.created_at < created_at,
@@ -501,24 +508,51 @@ class Store:
         return Page(rows, cursor_out)
 
     async def request_cancel(self, run_id: str) -> Run:
-        """A queued run is cancelled at once; an active one is flagged for its replica."""
+        """A run no replica holds (queued, parked, or stopped at a breakpoint) is
+        cancelled at once, its log ending with ``run.cancelled``; a running one is
+        flagged for its replica, which cancels its nodes and checkpoints."""
         async with self._session() as session:
             run = await session.get(Run, run_id, with_for_update=True)
             if run is None:
                 raise NotFound(f"no run {run_id!r}")
-            if run.status == "queued":
+            now = time.time()
+            if run.status == "queued" or (run.status == "waiting" and run.owner is None):
+                seq = await self._last_seq(session, run_id) + 1
+                session.add(
+                    EventRow(
+                        run_id=run_id,
+                        seq=seq,
+                        type=EventType.RUN_CANCELLED.value,
+                        node_id=None,
+                        data={},
+                        created_at=now,
+                    )
+                )
                 run.status = "cancelled"
-                run.finished_at = time.time()
+                run.finished_at = now
                 run.error = {"message": "the run was cancelled", "kind": "cancelled"}
+                run.event_seq = seq
+                run.parked = False
+                run.wake_at = None
+                run.cancel_requested = False
+                run.current_nodes = []
+                announce = f"done:{run_id}"
             elif run.status in ACTIVE:
                 run.cancel_requested = True
+                announce = f"ctl:{run_id}"
             else:
                 raise InvalidTransition(f"run {run_id!r} is {run.status}; it cannot be cancelled")
-            run.updated_at = time.time()
-            await self._notify(session, f"ctl:{run_id}")
+            run.updated_at = now
+            await self._notify(session, announce)
             await session.commit()
-        self._announce(f"ctl:{run_id}")
+        self._announce(announce)
         return run
+
+    async def _last_seq(self, session: AsyncSession, run_id: str) -> int:
+        value = (
+            await session.execute(select(func.max(EventRow.seq)).where(EventRow.run_id == run_id))
+        ).scalar_one()
+        return int(value or 0)
 
     async def add_signal(self, run_id: str, name: str, payload: Any) -> Run:
         async with self._session() as session:
@@ -536,10 +570,50 @@ class Store:
                     delivered=False,
                 )
             )
+            woke = await self._wake_parked(session, run_id)
             await self._notify(session, f"ctl:{run_id}")
+            if woke:
+                await self._notify(session, f"run:{run_id}")
             await session.commit()
         self._announce(f"ctl:{run_id}")
+        if woke:
+            self._announce(f"run:{run_id}")
         return run
+
+    async def _wake_parked(self, session: AsyncSession, run_id: str) -> bool:
+        """Make a parked run due now (a signal came for it): any replica claims it."""
+        now = db_now(self.engine)
+        result = await session.execute(
+            update(Run)
+            .where(
+                Run.id == run_id,
+                Run.status == "waiting",
+                Run.parked.is_(True),
+                or_(Run.wake_at.is_(None), Run.wake_at > now),
+            )
+            .values(wake_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        return bool(_rowcount(result))
+
+    async def return_signals(self, run_id: str, signal_ids: Sequence[int]) -> None:
+        """Signals taken for a run whose execution had parked before it could take them:
+        undelivered again, and the parked run made due, so its next execution gets them."""
+        if not signal_ids:
+            return
+        async with self._session() as session:
+            await session.execute(
+                update(SignalRow)
+                .where(SignalRow.id.in_(list(signal_ids)))
+                .values(delivered=False)
+                .execution_options(synchronize_session=False)
+            )
+            woke = await self._wake_parked(session, run_id)
+            if woke:
+                await self._notify(session, f"run:{run_id}")
+            await session.commit()
+        if woke:
+            self._announce(f"run:{run_id}")
 
     async def take_signals(self, run_ids: Sequence[str]) -> list[SignalRow]:
         """Undelivered signals of these runs, marked delivered (in arrival order)."""
@@ -582,11 +656,17 @@ class Store:
             run.lease_until = None
             run.epoch = run.epoch + 1
             run.cancel_requested = False
+            run.parked = False
+            run.wake_at = None
             run.error = None
             run.finished_at = None
             run.updated_at = time.time()
+            # ctl: the replica executing it now (if any) stops at once, not at its next
+            # heartbeat; run: any replica claims it
+            await self._notify(session, f"ctl:{run_id}")
             await self._notify(session, f"run:{run_id}")
             await session.commit()
+        self._announce(f"ctl:{run_id}")
         self._announce(f"run:{run_id}")
         return run
 
@@ -613,6 +693,11 @@ class Store:
                             or_(
                                 Run.status == "queued",
                                 and_(Run.status.in_(ACTIVE), Run.lease_until < now),
+                                and_(
+                                    Run.status == "waiting",
+                                    Run.parked.is_(True),
+                                    Run.wake_at <= now,
+                                ),
                             )
                         )
                         .order_by(Run.created_at)
@@ -637,6 +722,8 @@ class Store:
                             claims=Run.claims + 1,
                             started_at=func.coalesce(Run.started_at, now),
                             updated_at=now,
+                            parked=False,
+                            wake_at=None,
                         )
                         .returning(Run)
                     )
@@ -945,11 +1032,24 @@ class Store:
             self._announce(f"done:{lease.run_id}")
 
     async def finish_run(
-        self, lease: Lease, status: str, output: Any, error: dict[str, Any] | None
+        self,
+        lease: Lease,
+        status: str,
+        output: Any,
+        error: dict[str, Any] | None,
+        *,
+        parked: bool = False,
+        wake_at: float | None = None,
     ) -> None:
-        """Record the outcome and drop the lease (fenced)."""
+        """Record the outcome and drop the lease (fenced).
+
+        ``parked`` (with status ``waiting``): the run left the replica and is claimed
+        again at ``wake_at`` (None: when a signal comes). A signal that is already
+        waiting for it, or a cancellation requested meanwhile, makes it due at once."""
         if status not in TERMINAL and status != "waiting":
             raise InvalidTransition(f"{status!r} is not an outcome")
+        if parked and status != "waiting":
+            raise InvalidTransition("only a waiting run parks")
         if self.postgres:  # the fenced UPDATE and its notification in one statement
             pool = await self._pg()
             done = await pool.fetchval(
@@ -964,12 +1064,28 @@ class Store:
                 time.time() if status in TERMINAL else None,
                 time.time(),
                 NOTIFY_CHANNEL,
+                parked,
+                wake_at,
             )
             if not done:
                 raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
             self._announce(f"done:{lease.run_id}")
             return
         async with self._session() as session:
+            if parked:
+                due = (
+                    await session.execute(
+                        select(Run.cancel_requested).where(Run.id == lease.run_id)
+                    )
+                ).scalar_one_or_none() or (
+                    await session.execute(
+                        select(SignalRow.id)
+                        .where(SignalRow.run_id == lease.run_id, SignalRow.delivered.is_(False))
+                        .limit(1)
+                    )
+                ).scalar_one_or_none() is not None
+                if due:
+                    wake_at = time.time()
             result = await session.execute(
                 update(Run)
                 .where(
@@ -987,11 +1103,13 @@ class Store:
                     # not leased, and waits for a resume request
                     owner=None,
                     lease_until=None,
-                    cancel_requested=False,
+                    cancel_requested=Run.cancel_requested if parked else False,
                     resume_from=None,
                     vars_patch=None,
                     current_nodes=[],
                     updated_at=time.time(),
+                    parked=parked,
+                    wake_at=wake_at if parked else None,
                 )
             )
             if not _rowcount(result):
@@ -1000,6 +1118,59 @@ class Store:
             await self._notify(session, f"done:{lease.run_id}")
             await session.commit()
         self._announce(f"done:{lease.run_id}")
+
+    async def fail_run(self, lease: Lease, error: dict[str, Any]) -> None:
+        """Record that a run failed for a reason its journal could not write (its state
+        could not be stored): ``run.failed`` is appended after the last event committed,
+        so the log still ends with a terminal event; fenced like every write."""
+        now = time.time()
+        async with self._session() as session:
+            run = await session.get(Run, lease.run_id, with_for_update=True)
+            if (
+                run is None
+                or run.owner != lease.owner
+                or run.epoch != lease.epoch
+                or run.status not in ACTIVE
+            ):
+                raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
+            seq = await self._last_seq(session, lease.run_id) + 1
+            session.add(
+                EventRow(
+                    run_id=lease.run_id,
+                    seq=seq,
+                    type=EventType.RUN_FAILED.value,
+                    node_id=None,
+                    data={"error": {**error, "node_id": error.get("node_id")}},
+                    created_at=now,
+                )
+            )
+            run.status = "failed"
+            run.output = None
+            run.error = error
+            run.finished_at = now
+            run.updated_at = now
+            run.event_seq = seq
+            run.owner = None
+            run.lease_until = None
+            run.cancel_requested = False
+            run.resume_from = None
+            run.vars_patch = None
+            run.current_nodes = []
+            await self._notify(session, f"done:{lease.run_id}")
+            await session.commit()
+        self._announce(f"done:{lease.run_id}")
+
+    async def next_wake_at(self) -> float | None:
+        """When the first parked run is due (None: none waits on a timer)."""
+        async with self._session() as session:
+            value = (
+                await session.execute(
+                    select(func.min(Run.wake_at)).where(
+                        Run.status == "waiting", Run.parked.is_(True)
+                    )
+                )
+            ).scalar_one_or_none()
+            return float(value) if value is not None else None
 
     # ---------------------------------------------------------------------- reads
 
@@ -1125,10 +1296,11 @@ _PG_WORKFLOW_LATEST = (
 _PG_CLAIM = f"""
 UPDATE runs SET status = 'running', owner = $1, lease_until = {_PG_NOW} + $2,
     epoch = epoch + 1, claims = claims + 1, started_at = coalesce(started_at, {_PG_NOW}),
-    updated_at = {_PG_NOW}
+    updated_at = {_PG_NOW}, parked = false, wake_at = NULL
 WHERE id IN (
     SELECT id FROM runs
     WHERE status = 'queued' OR (status IN {_PG_ACTIVE} AND lease_until < {_PG_NOW})
+        OR (status = 'waiting' AND parked AND wake_at <= {_PG_NOW})
     ORDER BY created_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -1146,11 +1318,15 @@ WITH kept AS (
 SELECT (SELECT array_agg(id) FROM kept) AS kept,
     (SELECT array_agg(id) FROM runs WHERE id = ANY($1::text[]) AND cancel_requested) AS cancel
 """
-_PG_FINISH = """
+_PG_FINISH = f"""
 WITH finished AS (
     UPDATE runs SET status = $5, output = $6::jsonb, error = $7::jsonb, finished_at = $8,
-        owner = NULL, lease_until = NULL, cancel_requested = false, resume_from = NULL,
-        vars_patch = NULL, current_nodes = '[]'::jsonb, updated_at = $9
+        owner = NULL, lease_until = NULL, resume_from = NULL,
+        vars_patch = NULL, current_nodes = '[]'::jsonb, updated_at = $9,
+        parked = $11, cancel_requested = $11 AND cancel_requested,
+        wake_at = CASE WHEN $11 AND (cancel_requested OR EXISTS (
+            SELECT 1 FROM signals WHERE signals.run_id = $1 AND NOT signals.delivered))
+            THEN {_PG_NOW} ELSE $12 END
     WHERE id = $1 AND owner = $2 AND epoch = $3 AND status = ANY($4::text[])
     RETURNING id
 )

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
+import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -174,3 +176,51 @@ async def private_links(redis_server: RedisServer) -> AsyncIterator[list[RedisLi
     finally:
         for link in links:
             await link.close()
+
+
+# ------------------------------------------------ the real server in a thread of its own
+
+
+@contextmanager
+def run_server_in_thread(settings: Settings) -> Iterator[str]:
+    """``run_server(settings)`` in a thread with an event loop of its own, for synchronous
+    clients (schemathesis' ``requests``, hypothesis tests); yields the base URL."""
+    started: queue.Queue[tuple[asyncio.AbstractEventLoop, asyncio.Event, str] | BaseException]
+    started = queue.Queue()
+    failures: list[BaseException] = []
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        async with run_server(settings) as http:
+            started.put((asyncio.get_running_loop(), stop, str(http.base_url).rstrip("/")))
+            await stop.wait()
+
+    def target() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # handed to the test's thread, never left unhandled
+            failures.append(exc)
+            started.put(exc)
+
+    thread = threading.Thread(target=target, name="flowcore-server", daemon=True)
+    thread.start()
+    item = started.get(timeout=60)
+    if isinstance(item, BaseException):
+        thread.join(timeout=30)
+        raise item
+    loop, stop, base_url = item
+    try:
+        yield base_url
+    finally:
+        loop.call_soon_threadsafe(stop.set)
+        thread.join(timeout=30)
+        if thread.is_alive():
+            raise RuntimeError("the server thread did not stop within 30 s")
+        if failures:
+            raise failures[0]
+
+
+@pytest.fixture
+def serve_in_thread() -> Callable[[Settings], AbstractContextManager[str]]:
+    """``with serve_in_thread(settings) as base_url``: the real server for sync clients."""
+    return run_server_in_thread

@@ -177,11 +177,22 @@ async def finished(client: httpx.AsyncClient, run_id: str, timeout: float = 20.0
 
 
 async def events_json(client: httpx.AsyncClient, run_id: str) -> list[dict[str, Any]]:
-    response = await client.get(f"/v1/runs/{run_id}/events", headers={"Accept": "application/json"})
-    assert response.status_code == 200, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    events: list[dict[str, Any]] = response.json()
-    return events
+    """The run's whole logged event list, page after page."""
+    events: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        response = await client.get(
+            f"/v1/runs/{run_id}/events",
+            params={"cursor": cursor} if cursor else None,
+            headers={"Accept": "application/json"},
+        )
+        assert response.status_code == 200, response.text
+        assert response.headers["content-type"].startswith("application/json")
+        page = response.json()
+        events += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return events
 
 
 async def wait_for_event(

@@ -95,10 +95,16 @@ async def test_unknown_checkpoints_are_404_problems(client: httpx.AsyncClient) -
     workflow_id = unique("steps")
     await post_workflow(client, three_steps(workflow_id))
     run_id = (await start_run(client, workflow_id, {"n": 1}, wait=10))["run_id"]
-    for checkpoint_id in (f"{run_id}:999", f"{run_id}:0", "garbage", f"{run_id}:x"):
+    for checkpoint_id in (f"{run_id}:999", f"{run_id}:0", f"{run_id}:9999999999", "x1:1"):
         assert_problem(await client.get(f"/v1/checkpoints/{checkpoint_id}"), 404, "not-found")
         resume = await client.post(f"/v1/checkpoints/{checkpoint_id}/resume", json={})
         assert_problem(resume, 404, "not-found")
+    # not of the form <run id>:<sequence>: the id itself is refused, naming the field
+    for checkpoint_id in ("garbage", f"{run_id}:x", f"{run_id}:-1", "a%00b:1"):
+        problem = assert_problem(
+            await client.get(f"/v1/checkpoints/{checkpoint_id}"), 422, "invalid-request"
+        )
+        assert "checkpoint_id" in problem["detail"]
     assert_problem(await client.get(f"/v1/runs/{unique('nope')}/checkpoints"), 404, "not-found")
 
 

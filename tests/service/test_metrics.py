@@ -1,18 +1,35 @@
 """/metrics after a scripted set of runs: successes, failures, retries, cache hits and an
-open circuit breaker; and the engine's MetricsCollector agrees with it."""
+open circuit breaker; and the engine's MetricsCollector agrees with it. The label values
+stay bounded: workflow ids past ``metrics_workflow_labels`` and requests no route matched
+or with an unusual method add no series."""
 
 from __future__ import annotations
 
+import asyncio
 import re
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from app.config import Settings
 from app.engine import BaseNode, NodeContext, NodeRegistry, NodeResult, WorkflowContext
+from app.main import create_app
 from app.observability import metrics
-from tests.service.support import chain, finished, post_workflow, start_run, transform, unique
+from app.observability.metrics import WorkflowLabels
+from tests.service.support import (
+    MakeSettings,
+    Serve,
+    chain,
+    finished,
+    greet,
+    post_workflow,
+    start_run,
+    transform,
+    unique,
+)
 
 
 def samples(text: str) -> dict[str, float]:
@@ -225,3 +242,160 @@ async def test_streamed_tokens_are_counted(client: httpx.AsyncClient, tokens_nod
         before, "flowcore_tokens_streamed_total"
     )
     assert streamed == len(words)
+
+
+# ------------------------------------------------------------ bounded label values
+
+
+def series(text: str, prefix: str) -> set[str]:
+    """The ``name{labels}`` keys of the samples whose name starts with ``prefix``."""
+    return {key for key in samples(text) if key.startswith(prefix)}
+
+
+def label_values(text: str, name: str, label: str) -> dict[str, float]:
+    """``label`` value -> the sum of ``name``'s samples with it."""
+    out: dict[str, float] = {}
+    for key, number in samples(text).items():
+        metric, _, rest = key.partition("{")
+        found = dict(re.findall(r'(\w+)="([^"]*)"', rest))
+        if metric == name and label in found:
+            out[found[label]] = out.get(found[label], 0.0) + number
+    return out
+
+
+async def scrape_until(
+    client: httpx.AsyncClient, done: Callable[[str], bool], timeout: float = 10.0
+) -> str:
+    """/metrics once ``done`` holds for it. A run's outcome can commit (and ``?wait``
+    answer) a moment before its replica has counted it as finished."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        text = (await client.get("/metrics")).text
+        if done(text) or loop.time() > deadline:
+            return text
+        await asyncio.sleep(0.02)
+
+
+def test_workflow_labels_give_the_first_n_ids_their_own_value_then_other() -> None:
+    labels = WorkflowLabels(2)
+    assert [labels.label(w) for w in ("a", "b", "a", "c", "d", "b", "c")] == [
+        "a",
+        "b",
+        "a",
+        "other",
+        "other",
+        "b",
+        "other",
+    ]
+    assert labels.labelled == {"a", "b"}
+
+    labels.configure(1)  # at startup: a new bound, and the ids seen so far forgotten
+    assert labels.labelled == frozenset()
+    assert [labels.label(w) for w in ("c", "a", "c")] == ["c", "other", "c"]
+
+
+def test_workflow_labels_reserve_their_own_values_and_zero_means_one_series() -> None:
+    labels = WorkflowLabels(3)
+    # a workflow called "other" or "_all" takes no slot: it would be mistaken for the rest
+    assert [labels.label(w) for w in ("other", "_all", "x", "y", "z", "w")] == [
+        "other",
+        "other",
+        "x",
+        "y",
+        "z",
+        "other",
+    ]
+
+    none = WorkflowLabels(0)
+    assert {none.label(w) for w in ("a", "b", "other")} == {"_all"}
+    assert none.labelled == frozenset()
+    with pytest.raises(ValueError, match="limit must be >= 0"):
+        WorkflowLabels(-1)
+
+
+def test_the_workflow_label_bound_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings().metrics_workflow_labels == 50
+    monkeypatch.setenv("FLOWCORE_METRICS_WORKFLOW_LABELS", "7")
+    assert Settings().metrics_workflow_labels == 7
+    monkeypatch.setenv("FLOWCORE_METRICS_WORKFLOW_LABELS", "-1")
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+async def test_workflow_ids_past_the_bound_are_counted_under_other(
+    make_settings: MakeSettings, serve: Serve
+) -> None:
+    ids = [unique(f"bounded{i}") for i in range(6)]
+    async with serve(make_settings(metrics_workflow_labels=3)) as client:
+        for workflow_id in ids:
+            await post_workflow(client, greet(workflow_id))
+        before = (await client.get("/metrics")).text
+        for workflow_id in ids:  # one after another: the first three seen are ids[:3]
+            run = await start_run(client, workflow_id, {"name": "Ada"}, wait=10)
+            assert run["status"] == "succeeded", run
+        after = await scrape_until(
+            client,
+            lambda text: (
+                value(text, "flowcore_runs_finished_total")
+                - value(before, "flowcore_runs_finished_total")
+                >= len(ids)
+            ),
+        )
+
+    def grew(name: str, label: str = "workflow_id") -> dict[str, float]:
+        old, new = label_values(before, name, label), label_values(after, name, label)
+        changed = {k: v - old.get(k, 0.0) for k, v in new.items()}
+        return {k: v for k, v in changed.items() if v}
+
+    expected = {ids[0]: 1.0, ids[1]: 1.0, ids[2]: 1.0, "other": 3.0}
+    assert grew("flowcore_runs_started_total") == expected
+    assert grew("flowcore_runs_finished_total") == expected
+    assert grew("flowcore_run_duration_seconds_count") == expected
+    assert grew("flowcore_run_queue_wait_seconds_count") == expected
+    assert grew("flowcore_runs_finished_total", "status") == {"succeeded": 6.0}
+    for workflow_id in ids[3:]:  # not a single series of their own, in any family
+        assert workflow_id not in after
+
+
+#: methods outside the standard ones that uvicorn's parser (llhttp) still passes on
+UNUSUAL_METHODS = ("PROPFIND", "MKCOL", "PURGE", "REPORT", "LOCK", "SEARCH", "SUBSCRIBE")
+
+
+async def test_unknown_paths_and_methods_add_no_http_series(client: httpx.AsyncClient) -> None:
+    def unknown_path() -> str:
+        return f"/v1/{uuid.uuid4().hex}/{uuid.uuid4().hex}"
+
+    async def unusual(i: int) -> None:
+        method = UNUSUAL_METHODS[i % len(UNUSUAL_METHODS)]
+        # an unknown path (404) or a known route that does not take the method (405)
+        response = await client.request(method, unknown_path() if i % 2 else "/healthz")
+        assert response.status_code == (404 if i % 2 else 405), (method, response.text)
+
+    await client.get(unknown_path())
+    for i in range(2):
+        await unusual(i)  # the `unmatched` and `other` series exist from here on
+    await client.get("/metrics")
+    before = (await client.get("/metrics")).text
+    for _ in range(50):
+        assert (await client.get(unknown_path())).status_code == 404
+    for i in range(2, 2 + 4 * len(UNUSUAL_METHODS)):
+        await unusual(i)
+    after = (await client.get("/metrics")).text
+
+    added = series(after, "flowcore_http_") - series(before, "flowcore_http_")
+    assert not added, sorted(added)
+
+    def grew(**labels: str) -> float:
+        name = "flowcore_http_requests_total"
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    assert grew(method="GET", route="unmatched", status="404") == 50
+    assert grew(method="other", route="unmatched", status="404") == 2 * len(UNUSUAL_METHODS)
+    assert grew(method="other", route="/healthz", status="405") == 2 * len(UNUSUAL_METHODS)
+    app = create_app(Settings())
+    templates = set(app.openapi()["paths"]) | {getattr(route, "path", "") for route in app.routes}
+    routes = label_values(after, "flowcore_http_requests_total", "route").keys()
+    assert routes <= templates | {"unmatched"}, sorted(routes - templates)
+    methods = label_values(after, "flowcore_http_requests_total", "method").keys()
+    assert methods <= metrics.HTTP_METHODS | {"other"}, sorted(methods)

@@ -93,7 +93,7 @@ async def test_a_run_survives_sigkill_of_its_server(
         f"/v1/runs/{run_id}/events", headers={"Accept": "application/json"}
     )
     assert response.status_code == 200, response.text
-    events = response.json()
+    events = response.json()["items"]
     check_event_log(run_id, events, "run.succeeded")
 
     # (d) the ledger: every node ran; the ones committed before the kill ran once; the
@@ -164,7 +164,7 @@ async def test_a_crash_right_after_the_final_checkpoint(servers: Servers, ledger
             f"/v1/runs/{run_id}/events", headers={"Accept": "application/json"}
         )
         assert response.status_code == 200, response.text
-        logs[name] = response.json()
+        logs[name] = response.json()["items"]
     summary = {
         name: [f"{e['seq']} {e['type']} {e['node_id'] or ''}".strip() for e in log]
         for name, log in logs.items()
@@ -221,7 +221,7 @@ async def test_a_crash_between_a_node_s_events_and_its_checkpoint(
         f"/v1/runs/{run_id}/events", headers={"Accept": "application/json"}
     )
     assert response.status_code == 200, response.text
-    events = response.json()
+    events = response.json()["items"]
     check_event_log(run_id, events, "run.succeeded")
     log = [f"{e['seq']} {e['type']} {e['node_id'] or ''}".strip() for e in events]
     completed = Counter(e["node_id"] for e in events if e["type"] == "node.completed")

@@ -132,7 +132,7 @@ async def test_a_replica_dies_halfway_and_every_run_succeeds_exactly_once(
             f"/v1/runs/{run_id}/events", headers={"Accept": "application/json"}
         )
         assert response.status_code == 200, response.text
-        assert [(e["seq"], e["type"]) for e in response.json()] == [
+        assert [(e["seq"], e["type"]) for e in response.json()["items"]] == [
             (e["seq"], e["type"]) for e in logs[run_id]
         ]
 
