@@ -33,15 +33,12 @@ class BodyProblem(HTTPException):
         self.message = message
 
 
-def _refuse_constant(name: str) -> Any:
-    raise BodyProblem("body", f"{name} is not a JSON number")
-
-
 def parse_body(raw: bytes, max_depth: int) -> Any:
     """The body's JSON value, or BodyProblem (json.JSONDecodeError for malformed JSON,
     which FastAPI reports with its position)."""
     try:
-        value = json.loads(raw, parse_constant=_refuse_constant)
+        # NaN and Infinity parse (as 1e999 does) and are refused below, by their path
+        value = json.loads(raw)
     except RecursionError:
         raise BodyProblem("body", f"nests deeper than {max_depth} levels") from None
     except UnicodeDecodeError:

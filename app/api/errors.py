@@ -11,6 +11,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from starlette.routing import Match
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
@@ -211,13 +212,24 @@ def install(app: FastAPI) -> None:
             titles.get(exc.status_code, "HTTP error"),
             str(exc.detail),
             request.url.path,
-            headers=dict(exc.headers) if exc.headers else None,  # a 405's Allow
+            headers=_allow(request) if exc.status_code == 405 else None,
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unexpected error on %s %s", request.method, request.url.path)
         return problem(500, "internal", "Internal error", "an unexpected error occurred")
+
+
+def _allow(request: Request) -> dict[str, str]:
+    """``Allow`` for a 405: every method some route of this path takes (Starlette names
+    only those of the first route it matched)."""
+    allowed = []
+    for method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return {"Allow": ", ".join(allowed)}
 
 
 def document_problems(app: FastAPI) -> None:

@@ -85,7 +85,8 @@ def inspect_value(value: Any, *, max_depth: int) -> int:
             size += item.bit_length() * 3 // 10 + 2
         elif kind is float:
             if not math.isfinite(item):
-                raise ValueProblem(_path(entry), f"{item} is not a JSON number")
+                spelled = "NaN" if item != item else "Infinity" if item > 0 else "-Infinity"
+                raise ValueProblem(_path(entry), f"{spelled} is not a JSON number")
             size += len(repr(item))
         elif isinstance(item, str | dict | list | tuple | int | float):
             # a subclass (an enum, a named tuple...): checked as its plain type

@@ -170,8 +170,8 @@ async def test_the_run_state_budget_adds_every_output_up() -> None:
 @pytest.mark.parametrize(
     ("expression", "reason"),
     [
-        ("1.0 / 0.0", "inf is not a JSON number"),
-        ("-1.0 / 0.0", "-inf is not a JSON number"),
+        ("1.0 / 0.0", "Infinity is not a JSON number"),
+        ("-1.0 / 0.0", "-Infinity is not a JSON number"),
         (r"'a\x00b'", "NUL"),
     ],
 )
