@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -175,6 +176,17 @@ class NodeContext:
     def max_concurrent_tasks(self) -> int:
         """The run's ``max_concurrent_tasks`` (the default concurrency of a map)."""
         return self._handle.shared.config.max_concurrent_tasks
+
+    @contextmanager
+    def workers(self, wanted: int) -> Iterator[int]:
+        """Reserve up to ``wanted`` concurrent body runs (at least one) from the run's
+        ``max_concurrent_tasks``, which maps at every depth share; yields how many."""
+        shared = self._handle.shared
+        granted = shared.take_workers(wanted)
+        try:
+            yield granted
+        finally:
+            shared.give_workers(granted)
 
     async def sleep(self, seconds: float) -> None:
         """Sleep on the engine's clock (a fake clock in tests). With checkpoints on, the

@@ -127,6 +127,8 @@ class RunShared:
         self.last_node: str | None = None
         #: the run's work and data against its budgets (body runs included)
         self.budget = RunBudget(config)
+        #: workers of map nodes running now, at every depth (see ``take_workers``)
+        self.workers = 0
         # parking (see ``park``): node executions in flight at any depth, and the
         # top-level delays and waits among them with their wake-up times
         self.park_after: float | None = None
@@ -135,6 +137,22 @@ class RunShared:
         self.parked = False
         self.wake_at: float | None = None
         self._park_timer: asyncio.TimerHandle | None = None
+
+    # --------------------------------------------------------------- concurrency
+
+    def take_workers(self, wanted: int) -> int:
+        """How many body runs a map may run at once: its share of the run's
+        ``max_concurrent_tasks``, shared by the maps at every depth, and never less
+        than one. Nested maps would otherwise multiply their concurrency (100 x 100
+        bodies at once), and a loop iteration with that many ready tasks keeps every
+        other run and request on the replica waiting."""
+        free = self.config.max_concurrent_tasks - self.workers
+        granted = max(1, min(wanted, free))
+        self.workers += granted
+        return granted
+
+    def give_workers(self, count: int) -> None:
+        self.workers -= count
 
     # ------------------------------------------------------------------ budgets
 

@@ -40,8 +40,9 @@ class MapConfig(_Config):
 @NodeRegistry.register("map")
 class MapNode(BaseNode):
     """Runs its body once per item (``item``/``index`` in scope and in the body's
-    ``input``), at most ``max_concurrency`` at once; output: the body outputs in item
-    order."""
+    ``input``), at most ``max_concurrency`` at once (and within the run's
+    ``max_concurrent_tasks``, which maps nested in maps share); output: the body outputs
+    in item order."""
 
     config_model = MapConfig
     expression_fields = frozenset({"items", "node", "workflow"})
@@ -86,10 +87,12 @@ class MapNode(BaseNode):
                 results[index] = output[self._single] if self._single is not None else output
 
         try:
-            # a TaskGroup cancels the other workers when one fails, and waits for them
-            async with asyncio.TaskGroup() as group:
-                for _ in range(min(limit, len(items))):
-                    group.create_task(worker())
+            # a TaskGroup cancels the other workers when one fails, and waits for them;
+            # maps nested in maps share the run's concurrency instead of multiplying it
+            with node_context.workers(min(limit, len(items))) as count:
+                async with asyncio.TaskGroup() as group:
+                    for _ in range(count):
+                        group.create_task(worker())
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None
         return NodeResult(output=results)

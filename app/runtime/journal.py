@@ -44,6 +44,9 @@ from app.store.repository import TERMINAL, Lease, LeaseLost, Store
 
 logger = logging.getLogger("flowcore.runtime")
 
+#: events committed in one transaction at most by the flusher
+FLUSH_BATCH = 1000
+
 
 class RunJournal:
     """Durable checkpoints and events of one run, fenced on its lease."""
@@ -127,6 +130,19 @@ class RunJournal:
     async def _commit(self, records: list[CheckpointRecord]) -> None:
         """Commit ``records`` with the events they carry (under the lock)."""
         events = _carried(self.pending, records[-1].event_seq)
+        # a backlog of body-node events ahead of what the records announce goes first,
+        # in bounded batches (see FLUSH_BATCH); what they announce commits with them
+        head = next((i for i, e in enumerate(events) if _checkpointed(e)), len(events))
+        while head > FLUSH_BATCH:
+            batch = events[:FLUSH_BATCH]
+            try:
+                await self.store.commit_progress(self.lease, [], batch)
+            except LeaseLost:
+                self._lose()
+                return
+            self._committed(batch)
+            events = events[FLUSH_BATCH:]
+            head -= FLUSH_BATCH
         last = records[-1].status
         status = last if last in ("running", "waiting") else None
         outcome = None
@@ -251,19 +267,24 @@ class RunJournal:
                     self._deferred_since = time.time()
                     self._defer = False
                 return
-            events = list(self.pending)
-            if not final:
-                cut = next((i for i, e in enumerate(events) if _checkpointed(e)), None)
-                if cut is not None:
-                    events = events[:cut]
-            if not events:
-                return
-            try:
-                await self.store.commit_progress(self.lease, [], events)
-            except LeaseLost:
-                self._lose()
-                return
-            self._committed(events)
+            while True:
+                # a bounded batch: encoding and inserting the events of a run that makes
+                # thousands a second holds the event loop, and (SQLite) the write lock
+                events = self.pending[:FLUSH_BATCH]
+                if not final:
+                    cut = next((i for i, e in enumerate(events) if _checkpointed(e)), None)
+                    if cut is not None:
+                        events = events[:cut]
+                if not events:
+                    return
+                try:
+                    await self.store.commit_progress(self.lease, [], events)
+                except LeaseLost:
+                    self._lose()
+                    return
+                self._committed(events)
+                if not final:
+                    return  # the flusher comes back at once for what is due
 
     async def close(self) -> None:
         """Stop flushing and commit what is left."""

@@ -99,7 +99,12 @@ json_dumps = _json_dumps
 
 
 def _sqlite_begin(connection: Any) -> None:
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # reads (``read_only`` engines) begin deferred: in WAL mode they then never wait for
+    # a writer, however long its transaction
+    if connection.get_execution_options().get("read_only"):
+        connection.exec_driver_sql("BEGIN")
+    else:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

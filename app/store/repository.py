@@ -23,7 +23,7 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -115,6 +115,9 @@ class Store:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
         self._sessions = sessionmaker(engine)
+        #: sessions that only read (on SQLite they take no write lock)
+        self._read_sessions = sessionmaker(engine.execution_options(read_only=True))
+        self._write_turn = asyncio.Lock()
         self.postgres = is_postgres(engine)
         #: called with a notification payload when this process changes the queue
         #: (SQLite has no LISTEN/NOTIFY; on Postgres the listener calls it too)
@@ -165,8 +168,26 @@ class Store:
         except Exception:
             pool.terminate()
 
-    def _session(self) -> AsyncSession:
-        return self._sessions()
+    @contextlib.asynccontextmanager
+    async def _write(self) -> AsyncIterator[AsyncSession]:
+        """A session for a transaction that writes."""
+        async with self._sqlite_writer(), self._sessions() as session:
+            yield session
+
+    @contextlib.asynccontextmanager
+    async def _sqlite_writer(self) -> AsyncIterator[None]:
+        """SQLite has one writer at a time, and its lock is not fair: a replica's journal
+        committing batch after batch could keep a heartbeat waiting past its lease. In
+        one process, writers take turns here, first come first served (Postgres needs
+        no such turn)."""
+        if self.postgres:
+            yield
+            return
+        async with self._write_turn:
+            yield
+
+    def _read(self) -> AsyncSession:
+        return self._read_sessions()
 
     def _insert_ignore(self, model: Any) -> Any:
         """INSERT ... ON CONFLICT DO NOTHING for ``model`` (built once, then cached)."""
@@ -241,7 +262,7 @@ class Store:
             return revision
 
     async def now(self) -> float:
-        async with self._session() as session:
+        async with self._read() as session:
             return float((await session.execute(select(db_now(self.engine)))).scalar_one())
 
     # ------------------------------------------------------------------ workflows
@@ -251,7 +272,7 @@ class Store:
     ) -> WorkflowVersion:
         """Store ``definition`` as the next version of ``workflow_id``."""
         for _ in range(5):  # two writers racing for the same version number: retry
-            async with self._session() as session:
+            async with self._write() as session:
                 latest = (
                     await session.execute(
                         select(func.max(WorkflowVersion.version)).where(
@@ -289,7 +310,7 @@ class Store:
                 record = await pool.fetchrow(_PG_WORKFLOW_LATEST, workflow_id)
             row = _detached(WorkflowVersion, record) if record is not None else None
         else:
-            async with self._session() as session:
+            async with self._read() as session:
                 query = select(WorkflowVersion).where(WorkflowVersion.workflow_id == workflow_id)
                 if version is not None:
                     query = query.where(WorkflowVersion.version == version)
@@ -302,7 +323,7 @@ class Store:
 
     async def list_workflows(self, cursor: str | None, limit: int) -> Page:
         """The latest version of each workflow, by id, ``limit`` at a time."""
-        async with self._session() as session:
+        async with self._read() as session:
             latest = (
                 select(
                     WorkflowVersion.workflow_id,
@@ -334,7 +355,7 @@ class Store:
         return Page(rows, rows[-1].workflow_id if more else None)
 
     async def list_versions(self, workflow_id: str) -> list[WorkflowVersion]:
-        async with self._session() as session:
+        async with self._read() as session:
             query = (
                 select(WorkflowVersion)
                 .where(WorkflowVersion.workflow_id == workflow_id)
@@ -344,7 +365,7 @@ class Store:
 
     async def archive_workflow(self, workflow_id: str) -> bool:
         """Archive every version (runs already started keep their pinned version)."""
-        async with self._session() as session:
+        async with self._write() as session:
             result = await session.execute(
                 update(WorkflowVersion)
                 .where(WorkflowVersion.workflow_id == workflow_id)
@@ -393,7 +414,7 @@ class Store:
         )
         if self.postgres:
             return await self._pg_create_run(row)
-        async with self._session() as session:
+        async with self._write() as session:
             session.add(row)
             await self._notify(session, f"run:{run_id}")
             try:
@@ -450,7 +471,7 @@ class Store:
         if self.postgres:
             pool = await self._pg()
             return int(await pool.fetchval("SELECT count(*) FROM runs WHERE status = 'queued'"))
-        async with self._session() as session:
+        async with self._read() as session:
             value = (
                 await session.execute(select(func.count()).where(Run.status == "queued"))
             ).scalar_one()
@@ -460,7 +481,7 @@ class Store:
         if self.postgres:
             pool = await self._pg()
             return _run_from(await pool.fetchrow(_PG_RUN_BY_KEY, key))
-        async with self._session() as session:
+        async with self._read() as session:
             return (
                 await session.execute(select(Run).where(Run.idempotency_key == key))
             ).scalar_one_or_none()
@@ -469,7 +490,7 @@ class Store:
         if self.postgres:
             pool = await self._pg()
             return _run_from(await pool.fetchrow(_PG_GET_RUN, run_id))
-        async with self._session() as session:
+        async with self._read() as session:
             return await session.get(Run, run_id)
 
     async def list_runs(
@@ -481,7 +502,7 @@ class Store:
         limit: int,
     ) -> Page:
         """Runs, newest first; the cursor is ``<created_at>:<id>`` of the last one seen."""
-        async with self._session() as session:
+        async with self._read() as session:
             query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)
             if workflow_id is not None:
                 query = query.where(Run.workflow_id == workflow_id)
@@ -511,7 +532,7 @@ class Store:
         """A run no replica holds (queued, parked, or stopped at a breakpoint) is
         cancelled at once, its log ending with ``run.cancelled``; a running one is
         flagged for its replica, which cancels its nodes and checkpoints."""
-        async with self._session() as session:
+        async with self._write() as session:
             run = await session.get(Run, run_id, with_for_update=True)
             if run is None:
                 raise NotFound(f"no run {run_id!r}")
@@ -555,7 +576,7 @@ class Store:
         return int(value or 0)
 
     async def add_signal(self, run_id: str, name: str, payload: Any) -> Run:
-        async with self._session() as session:
+        async with self._write() as session:
             run = await session.get(Run, run_id)
             if run is None:
                 raise NotFound(f"no run {run_id!r}")
@@ -601,7 +622,7 @@ class Store:
         undelivered again, and the parked run made due, so its next execution gets them."""
         if not signal_ids:
             return
-        async with self._session() as session:
+        async with self._write() as session:
             await session.execute(
                 update(SignalRow)
                 .where(SignalRow.id.in_(list(signal_ids)))
@@ -619,7 +640,7 @@ class Store:
         """Undelivered signals of these runs, marked delivered (in arrival order)."""
         if not run_ids:
             return []
-        async with self._session() as session:
+        async with self._write() as session:
             rows = list(
                 (
                     await session.execute(
@@ -640,7 +661,7 @@ class Store:
     ) -> Run:
         """Queue a run to continue from one of its checkpoints. Whoever holds it now is
         fenced out (the epoch moves on)."""
-        async with self._session() as session:
+        async with self._write() as session:
             run = await session.get(Run, run_id, with_for_update=True)
             if run is None:
                 raise NotFound(f"no run {run_id!r}")
@@ -684,7 +705,7 @@ class Store:
             claimed.sort(key=lambda run: run.created_at)
             return claimed
         now = db_now(self.engine)
-        async with self._session() as session:
+        async with self._write() as session:
             ids = list(
                 (
                     await session.execute(
@@ -750,7 +771,7 @@ class Store:
             return [i for i in ids if i not in kept], list(record["cancel"] or ())
         now = db_now(self.engine)
         lost: list[str] = []
-        async with self._session() as session:
+        async with self._write() as session:
             for lease in leases:
                 result = await session.execute(
                     update(Run)
@@ -782,7 +803,7 @@ class Store:
             pool = await self._pg()
             value = await pool.fetchval("SELECT cancel_requested FROM runs WHERE id = $1", run_id)
             return bool(value)
-        async with self._session() as session:
+        async with self._read() as session:
             value = (
                 await session.execute(select(Run.cancel_requested).where(Run.id == run_id))
             ).scalar_one_or_none()
@@ -791,7 +812,7 @@ class Store:
     async def release_runs(self, owner: str, run_ids: Sequence[str] | None = None) -> int:
         """Give runs back to the queue (shutdown): another replica resumes them from their
         last checkpoint at once."""
-        async with self._session() as session:
+        async with self._write() as session:
             query = update(Run).where(Run.owner == owner, Run.status.in_(ACTIVE))
             if run_ids is not None:
                 query = query.where(Run.id.in_(list(run_ids)))
@@ -973,7 +994,7 @@ class Store:
                 current_nodes=[],
             )
         # a Core connection, not an ORM session: this is the hot path of every run
-        async with self.engine.begin() as conn:
+        async with self._sqlite_writer(), self.engine.begin() as conn:
             result = await conn.execute(
                 update(Run)
                 .where(
@@ -1071,7 +1092,7 @@ class Store:
                 raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
             self._announce(f"done:{lease.run_id}")
             return
-        async with self._session() as session:
+        async with self._write() as session:
             if parked:
                 due = (
                     await session.execute(
@@ -1124,7 +1145,7 @@ class Store:
         could not be stored): ``run.failed`` is appended after the last event committed,
         so the log still ends with a terminal event; fenced like every write."""
         now = time.time()
-        async with self._session() as session:
+        async with self._write() as session:
             run = await session.get(Run, lease.run_id, with_for_update=True)
             if (
                 run is None
@@ -1162,7 +1183,7 @@ class Store:
 
     async def next_wake_at(self) -> float | None:
         """When the first parked run is due (None: none waits on a timer)."""
-        async with self._session() as session:
+        async with self._read() as session:
             value = (
                 await session.execute(
                     select(func.min(Run.wake_at)).where(
@@ -1181,7 +1202,7 @@ class Store:
                 _detached(EventRow, r)
                 for r in await pool.fetch(_PG_EVENTS, run_id, after_seq, limit)
             ]
-        async with self._session() as session:
+        async with self._read() as session:
             query = (
                 select(EventRow)
                 .where(EventRow.run_id == run_id, EventRow.seq > after_seq)
@@ -1198,7 +1219,7 @@ class Store:
                     "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = $1", run_id
                 )
             )
-        async with self._session() as session:
+        async with self._read() as session:
             value = (
                 await session.execute(
                     select(func.max(EventRow.seq)).where(EventRow.run_id == run_id)
@@ -1207,7 +1228,7 @@ class Store:
             return int(value or 0)
 
     async def checkpoints(self, run_id: str) -> list[CheckpointRow]:
-        async with self._session() as session:
+        async with self._read() as session:
             query = (
                 select(CheckpointRow)
                 .where(CheckpointRow.run_id == run_id)
@@ -1216,14 +1237,14 @@ class Store:
             return list((await session.execute(query)).scalars())
 
     async def checkpoint(self, run_id: str, sequence: int) -> CheckpointRow | None:
-        async with self._session() as session:
+        async with self._read() as session:
             return await session.get(CheckpointRow, (run_id, sequence))
 
     async def checkpoint_records(self, run_id: str) -> list[CheckpointRecord]:
         return [_record_from(row.record) for row in await self.checkpoints(run_id)]
 
     async def node_results(self, run_id: str) -> list[NodeResultRow]:
-        async with self._session() as session:
+        async with self._read() as session:
             query = (
                 select(NodeResultRow)
                 .where(NodeResultRow.run_id == run_id)
