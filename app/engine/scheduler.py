@@ -342,7 +342,11 @@ class RunHandle:
         self._stopping = True
         self._ready.clear()
         for task in list(self._tasks):
-            task.cancel()
+            # once only: a second cancel would interrupt the task while it waits for
+            # its own body runs to stop, and they would outlive it (emitting events
+            # after the run's terminal one)
+            if not task.cancelling():
+                task.cancel()
         self._maybe_finish()
 
     def _maybe_finish(self) -> None:

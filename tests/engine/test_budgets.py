@@ -9,9 +9,11 @@ from typing import Any
 import pytest
 
 from app.engine import (
+    EventType,
     ExecutionConfig,
     InMemoryWorkflowRepository,
     InputValidationError,
+    ListEventSink,
     RunStatus,
     WorkflowExecutor,
     create_workflow,
@@ -124,9 +126,14 @@ async def test_recursive_subworkflows_are_stopped_by_the_subrun_budget() -> None
             ],
         }
     )
-    result = await run(guard, workflows=repo, config=ExecutionConfig(max_nesting_depth=32))
+    sink = ListEventSink()
+    result = await run(
+        guard, workflows=repo, config=ExecutionConfig(max_nesting_depth=32), event_sinks=[sink]
+    )
     message = budget_error(result, "max_subruns")
     assert "1000" in message
+    # every body run stopped before the run ended: nothing follows its terminal event
+    assert sink.events[-1].type is EventType.RUN_FAILED
 
 
 async def test_a_map_over_too_many_items_fails_the_run() -> None:
