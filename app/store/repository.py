@@ -1071,6 +1071,10 @@ class Store:
             raise InvalidTransition(f"{status!r} is not an outcome")
         if parked and status != "waiting":
             raise InvalidTransition("only a waiting run parks")
+        sources = sources_of(status)
+        if status == "waiting":
+            # its last checkpoint may have said so already: this write drops the lease
+            sources.append("waiting")
         if self.postgres:  # the fenced UPDATE and its notification in one statement
             pool = await self._pg()
             done = await pool.fetchval(
@@ -1078,7 +1082,7 @@ class Store:
                 lease.run_id,
                 lease.owner,
                 lease.epoch,
-                sources_of(status),
+                sources,
                 status,
                 json_dumps(output),
                 json_dumps(error),
@@ -1113,7 +1117,7 @@ class Store:
                     Run.id == lease.run_id,
                     Run.owner == lease.owner,
                     Run.epoch == lease.epoch,
-                    Run.status.in_(sources_of(status)),
+                    Run.status.in_(sources),
                 )
                 .values(
                     status=status,
