@@ -95,6 +95,13 @@ class Settings(BaseSettings):
         "workflow ids a process sees get their own label value, every other id is counted "
         "under 'other'; 0: no per-workflow labels, every run is counted under '_all'.",
     )
+    metrics_breaker_labels: int = Field(
+        50,
+        ge=0,
+        description="Bound of the `breaker` metric label: the first N breaker keys (a "
+        "node's key, or an http node's target origin) get their own value, the rest "
+        "`other`; 0: none (`_all`).",
+    )
 
     #: execution defaults for every run (FLOWCORE_EXECUTION='{"max_parallel_nodes": 20}')
     execution: dict[str, Any] = Field(default_factory=dict)

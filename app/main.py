@@ -144,6 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = Store(engine)
         redis = await _connect_redis(settings)
         metrics.WORKFLOW_LABELS.configure(settings.metrics_workflow_labels)
+        metrics.BREAKER_LABELS.configure(settings.metrics_breaker_labels)
         samplers = _pool_samplers(engine, redis)
         metrics.SAMPLERS.extend(samplers)
         sampling = asyncio.get_running_loop().create_task(_sample_forever(), name="flowcore-sample")

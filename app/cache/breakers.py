@@ -38,7 +38,7 @@ from app.engine.breaker import (
     InMemoryCircuitBreakers,
 )
 from app.engine.dsl import CircuitBreakerPolicy
-from app.observability.metrics import BREAKER_STATE, BREAKER_TRANSITIONS
+from app.observability.metrics import BREAKER_LABELS, BREAKER_STATE, BREAKER_TRANSITIONS
 from app.redis_link import RedisLink
 
 __all__ = ["MeteredBreakers", "RedisCircuitBreakers"]
@@ -160,15 +160,19 @@ class _BreakerMetrics:
 
     def transition(self, key: str, from_state: BreakerState, to_state: BreakerState) -> None:
         self.transitions.append((key, from_state, to_state))
-        BREAKER_TRANSITIONS.labels(key, from_state.value, to_state.value).inc()
+        BREAKER_TRANSITIONS.labels(
+            BREAKER_LABELS.label(key), from_state.value, to_state.value
+        ).inc()
         self.state(key, to_state)
 
     def state(self, key: str, state: BreakerState) -> None:
-        if self._shown.get(key) is state:
-            return
-        self._shown[key] = state
+        label = BREAKER_LABELS.label(key)
+        if label == key:  # remembered only for breakers with a label of their own
+            if self._shown.get(key) is state:
+                return
+            self._shown[key] = state
         for candidate in BreakerState:
-            BREAKER_STATE.labels(key, candidate.value).set(1 if candidate is state else 0)
+            BREAKER_STATE.labels(label, candidate.value).set(1 if candidate is state else 0)
 
 
 class MeteredBreakers:
@@ -199,11 +203,12 @@ async def _observed(
     """Await ``call`` on ``inner`` and publish the transitions it made (also when it
     raises CircuitOpenError). The in-process methods never yield to the event loop, so
     the transitions appended meanwhile are this call's."""
-    seen = len(inner.transitions)
+    seen = inner.transition_count
     try:
         await call
     finally:
-        for key_, from_state, to_state in inner.transitions[seen:]:
+        made = inner.transition_count - seen
+        for key_, from_state, to_state in list(inner.transitions)[-made:] if made else ():
             metrics.transition(key_, from_state, to_state)
         metrics.state(key, (await inner.status(key)).state)
 

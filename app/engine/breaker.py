@@ -11,6 +11,7 @@ implementation, every replica) sees the same state.
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -65,21 +66,39 @@ class CircuitBreakerStore(Protocol):
 class InMemoryCircuitBreakers:
     """Breakers for one process, on the given clock."""
 
+    #: breakers kept before the ones that say nothing (closed, no failures) are dropped
+    MAX_KEYS = 10_000
+    #: transitions kept, newest last
+    MAX_TRANSITIONS = 1_000
+
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock or SystemClock()
         self._breakers: dict[str, BreakerStatus] = {}
         #: (key, from_state, to_state) transitions, newest last (for metrics and tests)
-        self.transitions: list[tuple[str, BreakerState, BreakerState]] = []
+        self.transitions: deque[tuple[str, BreakerState, BreakerState]] = deque(
+            maxlen=self.MAX_TRANSITIONS
+        )
+        #: transitions ever made (``transitions`` keeps the last MAX_TRANSITIONS)
+        self.transition_count = 0
 
     def _get(self, key: str) -> BreakerStatus:
         status = self._breakers.get(key)
         if status is None:
+            if len(self._breakers) >= self.MAX_KEYS:
+                # keys come from run input (an http node's target host): a closed breaker
+                # with no failures is what a new one would be, so it need not be kept
+                self._breakers = {
+                    k: b
+                    for k, b in self._breakers.items()
+                    if b.state is not BreakerState.CLOSED or b.failures
+                }
             status = self._breakers[key] = BreakerStatus(key, BreakerState.CLOSED, 0, None, 0)
         return status
 
     def _move(self, status: BreakerStatus, to: BreakerState) -> None:
         if status.state is not to:
             self.transitions.append((status.key, status.state, to))
+            self.transition_count += 1
             status.state = to
 
     async def acquire(self, key: str, policy: CircuitBreakerPolicy) -> None:

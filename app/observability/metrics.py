@@ -6,7 +6,7 @@ Every label value comes from a bounded set:
 
 - ``workflow_id``: the first ``metrics_workflow_labels`` distinct workflow ids this
   process sees since the app started, then ``other`` (``_all`` for every run when the
-  setting is 0) — see :class:`WorkflowLabels`;
+  setting is 0) — see :class:`BoundedLabels`;
 - ``node_type``: the registered node types (a workflow naming another does not validate);
 - HTTP ``route``: the app's route templates, ``unmatched`` for a request no route matched
   (a 404), and ``method``: the standard HTTP methods, any other folded into ``other``.
@@ -168,9 +168,10 @@ HTTP_DURATION = Histogram(
 )
 
 
-class WorkflowLabels:
-    """The ``workflow_id`` label value of a run: bounded, so that creating workflows cannot
-    grow the exposition without limit.
+class BoundedLabels:
+    """A label whose values come from users (workflow ids, circuit-breaker keys), bounded
+    so that creating workflows or calling new hosts cannot grow the exposition without
+    limit.
 
     The first ``limit`` distinct workflow ids seen get their own label value; every other
     id is counted under :attr:`OTHER`. With ``limit`` 0 there are no per-workflow labels:
@@ -215,7 +216,9 @@ class WorkflowLabels:
 
 
 #: configured by the app at startup from ``Settings.metrics_workflow_labels``
-WORKFLOW_LABELS = WorkflowLabels()
+WORKFLOW_LABELS = BoundedLabels()
+#: the ``breaker`` label: a node's breaker key, or the target origin of an ``http`` node
+BREAKER_LABELS = BoundedLabels()
 
 
 def run_started(workflow_id: str) -> None:

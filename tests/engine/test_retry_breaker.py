@@ -622,7 +622,7 @@ async def test_nodes_without_a_breaker_never_touch_the_store(
     for _ in range(10):
         await executor.execute(make_workflow([svc("plain")]))
     assert service.calls["plain"] == 10
-    assert breakers.transitions == []
+    assert list(breakers.transitions) == []
 
 
 async def test_a_cancelled_trial_call_does_not_wedge_the_breaker(
@@ -646,3 +646,25 @@ async def test_a_cancelled_trial_call_does_not_wedge_the_breaker(
     clock.current += 60  # well past another recovery timeout
     result = await executor.execute(workflow)
     assert result.status is RunStatus.SUCCEEDED
+
+
+async def test_in_process_breakers_stay_bounded_whatever_keys_come(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # keys come from run input (an http node's host): a replica must not keep them all
+    monkeypatch.setattr(InMemoryCircuitBreakers, "MAX_KEYS", 100)
+    monkeypatch.setattr(InMemoryCircuitBreakers, "MAX_TRANSITIONS", 10)
+    breakers = InMemoryCircuitBreakers()
+    policy = CircuitBreakerPolicy(failure_threshold=1)
+    await breakers.acquire("failing", policy)
+    await breakers.record("failing", policy, False)  # opens: kept whatever comes next
+    for n in range(1000):
+        await breakers.acquire(f"host-{n}", policy)
+        await breakers.record(f"host-{n}", policy, True)
+    assert len(breakers._breakers) <= 100
+    assert (await breakers.status("failing")).state is BreakerState.OPEN
+    for n in range(30):
+        await breakers.acquire(f"flaky-{n}", policy)
+        await breakers.record(f"flaky-{n}", policy, False)
+    assert len(breakers.transitions) == 10
+    assert breakers.transition_count == 31

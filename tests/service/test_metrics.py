@@ -12,13 +12,22 @@ from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
+from prometheus_client import REGISTRY, generate_latest
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from app.cache.breakers import _BreakerMetrics
 from app.config import Settings
-from app.engine import BaseNode, NodeContext, NodeRegistry, NodeResult, WorkflowContext
+from app.engine import (
+    BaseNode,
+    BreakerState,
+    NodeContext,
+    NodeRegistry,
+    NodeResult,
+    WorkflowContext,
+)
 from app.main import create_app
 from app.observability import metrics
-from app.observability.metrics import WorkflowLabels
+from app.observability.metrics import BoundedLabels
 from tests.service.support import (
     MakeSettings,
     Serve,
@@ -278,7 +287,7 @@ async def scrape_until(
 
 
 def test_workflow_labels_give_the_first_n_ids_their_own_value_then_other() -> None:
-    labels = WorkflowLabels(2)
+    labels = BoundedLabels(2)
     assert [labels.label(w) for w in ("a", "b", "a", "c", "d", "b", "c")] == [
         "a",
         "b",
@@ -296,7 +305,7 @@ def test_workflow_labels_give_the_first_n_ids_their_own_value_then_other() -> No
 
 
 def test_workflow_labels_reserve_their_own_values_and_zero_means_one_series() -> None:
-    labels = WorkflowLabels(3)
+    labels = BoundedLabels(3)
     # a workflow called "other" or "_all" takes no slot: it would be mistaken for the rest
     assert [labels.label(w) for w in ("other", "_all", "x", "y", "z", "w")] == [
         "other",
@@ -307,11 +316,11 @@ def test_workflow_labels_reserve_their_own_values_and_zero_means_one_series() ->
         "other",
     ]
 
-    none = WorkflowLabels(0)
+    none = BoundedLabels(0)
     assert {none.label(w) for w in ("a", "b", "other")} == {"_all"}
     assert none.labelled == frozenset()
     with pytest.raises(ValueError, match="limit must be >= 0"):
-        WorkflowLabels(-1)
+        BoundedLabels(-1)
 
 
 def test_the_workflow_label_bound_is_a_setting(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -399,3 +408,24 @@ async def test_unknown_paths_and_methods_add_no_http_series(client: httpx.AsyncC
     assert routes <= templates | {"unmatched"}, sorted(routes - templates)
     methods = label_values(after, "flowcore_http_requests_total", "method").keys()
     assert methods <= metrics.HTTP_METHODS | {"other"}, sorted(methods)
+
+
+def test_breaker_labels_are_bounded_too() -> None:
+    # a breaker's key may come from run input (the http node's target origin)
+    metrics.BREAKER_LABELS.configure(3)
+    try:
+        published = _BreakerMetrics()
+        for n in range(20):
+            key = f"http:https://host-{n}.example"
+            published.transition(key, BreakerState.CLOSED, BreakerState.OPEN)
+        text = generate_latest(REGISTRY).decode()
+        hosts = {
+            line.split('breaker="')[1].split('"')[0]
+            for line in text.splitlines()
+            if line.startswith("flowcore_circuit_breaker_state{") and "host-" in line
+        }
+        assert len(hosts) == 3
+        assert 'breaker="other"' in text
+        assert len(published._shown) == 3
+    finally:
+        metrics.BREAKER_LABELS.configure(50)
