@@ -129,6 +129,22 @@ async def _sample_forever(every: float = 5.0) -> None:
         await asyncio.sleep(every)
 
 
+async def _closing_connections(timeout: float = 5.0) -> None:
+    """Let the connections SQLAlchemy is still closing finish: it closes one it
+    invalidated (a request cancelled in the middle of a query, such as an event stream
+    whose client left) in a task of its own, which would otherwise be destroyed pending
+    when the event loop ends."""
+    current = asyncio.current_task()
+    closing = [
+        task
+        for task in asyncio.all_tasks()
+        if task is not current
+        and getattr(task.get_coro(), "__qualname__", "").endswith("_terminate_graceful_close")
+    ]
+    if closing:
+        await asyncio.wait(closing, timeout=timeout)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     if settings.worker_processes > 1:  # one lease owner per worker process
@@ -200,6 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if redis is not None:
                 await redis.close()
             await engine.dispose()
+            await _closing_connections()
 
     app = FastAPI(
         title="Flowcore",

@@ -232,10 +232,21 @@ def _allow(request: Request) -> dict[str, str]:
     return {"Allow": ", ".join(allowed)}
 
 
+def components() -> dict[str, Any]:
+    """Schemas the routes refer to by name without a model of their own."""
+    from app.api.schemas import JSON_VALUE_SCHEMA, RunConfig
+
+    return {
+        "JsonValue": JSON_VALUE_SCHEMA,
+        "RunConfig": RunConfig.model_json_schema(ref_template="#/components/schemas/{model}"),
+    }
+
+
 def document_problems(app: FastAPI) -> None:
     """Make ``/openapi.json`` say what the errors are: every 4xx and 5xx response of
     every operation is ``application/problem+json`` with the ``Problem`` schema (FastAPI
-    would document its own 422 body, which the API never sends)."""
+    would document its own 422 body, which the API never sends); add the schemas the
+    routes refer to by name."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -248,9 +259,11 @@ def document_problems(app: FastAPI) -> None:
                 for status, response in operation.get("responses", {}).items():
                     if status[:1] in ("4", "5"):
                         response["content"] = {PROBLEM: {"schema": problem_ref}}
-        definitions = schema.get("components", {}).get("schemas", {})
+        definitions = schema.setdefault("components", {}).setdefault("schemas", {})
         for unused in ("HTTPValidationError", "ValidationError"):
             definitions.pop(unused, None)
+        for name, extra in components().items():
+            definitions.setdefault(name, extra)
         app.openapi_schema = schema
         return schema
 

@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from pydantic import WithJsonSchema
 from starlette.responses import StreamingResponse
 
 from app.api.body import CheckedRoute
 from app.api.deps import Services, ServicesDep
 from app.api.errors import ApiError, not_found, problems
-from app.api.params import MAX_INT, Cursor, RunIdPath, Sequence
+from app.api.params import MAX_INT, SEQUENCE_PATTERN, EventCursor, RunIdPath, Sequence
 from app.api.schemas import EventOut, EventPage
-from app.engine import Event
+from app.engine import Event, EventType
 from app.engine.events import TERMINAL_EVENTS
 from app.observability import metrics
 from app.store.models import EventRow
@@ -162,10 +164,26 @@ async def stream_events(
         metrics.SSE_CONNECTIONS.dec()
 
 
+#: one event of the stream (OpenAPI 3.1: the schema of a text/event-stream is per event)
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["id", "event", "data"],
+    "properties": {
+        "id": {"type": "string", "pattern": "^[0-9]+$"},
+        "event": {"type": "string", "enum": sorted(t.value for t in EventType)},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": EventOut.model_json_schema(),
+        },
+    },
+}
+
+
 def _sequence(value: str, what: str) -> int:
     """An event sequence number given as text: digits, within the column's range."""
     text = value.strip()
-    if not text.isascii() or not text.isdigit() or int(text) > MAX_INT:
+    if not re.fullmatch(SEQUENCE_PATTERN, text):
         raise ApiError(
             400,
             "bad-event-id",
@@ -180,7 +198,7 @@ def _sequence(value: str, what: str) -> int:
     response_model=EventPage,
     responses={
         200: {
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA}},
             "description": "Server-sent events (the default), or with "
             "`Accept: application/json` one page of the logged events.",
         },
@@ -194,22 +212,27 @@ async def events(
     accept: Annotated[str | None, Header()] = None,
     last_event_id: Annotated[
         str | None,
-        Header(description="Resume after this sequence number (what EventSource sends)."),
+        Header(
+            description="Resume after this sequence number (what EventSource sends); "
+            "anything else is a 400."
+        ),
+        # documented, and checked below: a malformed one is a 400 (bad-event-id)
+        WithJsonSchema({"type": "string", "pattern": SEQUENCE_PATTERN}),
     ] = None,
     after: Sequence = None,
     last_event_id_query: Annotated[
         int | None,
         Query(alias="lastEventId", ge=0, le=MAX_INT, description="Last-Event-ID as a query."),
     ] = None,
-    cursor: Cursor = None,
+    cursor: EventCursor = None,
     limit: Annotated[int, Query(ge=1, le=10_000, description="Events per JSON page.")] = 1000,
 ) -> Any:
     """Server-sent events (``Accept: text/event-stream``, the default) or the logged events
     as JSON pages (``Accept: application/json``: ``{items, next_cursor}``)."""
     start = after or last_event_id_query or 0
     if cursor is not None:
-        start = _sequence(cursor, "cursor")
-    if last_event_id:
+        start = int(cursor)
+    if last_event_id is not None:
         start = _sequence(last_event_id, "Last-Event-ID")
     run = await services.store.get_run(run_id)
     if run is None:

@@ -35,9 +35,31 @@ CheckpointIdPath = Annotated[
 WorkflowIdQuery = Annotated[
     str | None, Query(pattern=WORKFLOW_ID_PATTERN, description="Only runs of this workflow.")
 ]
-Cursor = Annotated[
+#: 0 to 2^31 - 1, in decimal digits without a sign or leading zeros
+SEQUENCE_PATTERN = (
+    r"^(0|[1-9][0-9]{0,8}|1[0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}"
+    r"|2147[0-3][0-9]{5}|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}"
+    r"|21474836[0-3][0-9]|214748364[0-7])$"
+)
+#: the created-at and id of the last run of a page: what ``next_cursor`` holds
+RUN_CURSOR_PATTERN = (
+    r"^[0-9]{1,20}(\.[0-9]{1,20})?(e[+-]?[0-9]{1,2})?:[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+)
+
+RunCursor = Annotated[
     str | None,
-    Query(max_length=300, description="`next_cursor` of the previous page."),
+    Query(pattern=RUN_CURSOR_PATTERN, description="`next_cursor` of the previous page."),
+]
+WorkflowCursor = Annotated[
+    str | None,
+    Query(pattern=WORKFLOW_ID_PATTERN, description="`next_cursor` of the previous page."),
+]
+EventCursor = Annotated[
+    str | None,
+    Query(
+        pattern=SEQUENCE_PATTERN,
+        description="`next_cursor` of the previous page (an event sequence number).",
+    ),
 ]
 Limit = Annotated[int, Query(ge=1, le=200, description="Items per page.")]
 Sequence = Annotated[

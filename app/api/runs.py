@@ -16,9 +16,9 @@ from app.api.body import CheckedRoute
 from app.api.deps import Services, ServicesDep
 from app.api.errors import ApiError, not_found, problems
 from app.api.params import (
-    Cursor,
     IdempotencyKey,
     Limit,
+    RunCursor,
     RunIdPath,
     WaitSeconds,
     WorkflowIdQuery,
@@ -40,7 +40,7 @@ from app.engine import (
 )
 from app.engine.checkpoint import chain_to as checkpoint_chain
 from app.engine.checkpoint import fold
-from app.engine.config import LIMIT_FIELDS
+from app.engine.config import LIMIT_FIELDS, PROCESS_FIELDS
 from app.engine.schema import check_input
 from app.store.models import Run
 from app.store.repository import TERMINAL, IdempotencyConflict
@@ -91,13 +91,18 @@ def request_hash(body: RunCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+#: knobs the service decides for every run: a run is always checkpointed (that is what
+#: makes it durable), and code cannot travel in a request
+_SERVICE_FIELDS = frozenset({"error_handler", "enable_checkpoints"})
+
+
 def check_config(overrides: dict[str, Any] | None) -> None:
     """Run config overrides: known knobs only, no limits, valid values (422 otherwise)."""
     if not overrides:
         return
     issues = []
     for key in overrides:
-        if key in LIMIT_FIELDS or key == "error_handler":
+        if key in LIMIT_FIELDS or key in PROCESS_FIELDS or key in _SERVICE_FIELDS:
             issues.append(ValidationIssue(f"{key} cannot be set per run", field=f"config.{key}"))
         elif key not in ExecutionConfig.model_fields:
             issues.append(ValidationIssue(f"unknown execution knob {key!r}", field=f"config.{key}"))
@@ -212,7 +217,7 @@ async def list_runs(
     services: ServicesDep,
     workflow_id: WorkflowIdQuery = None,
     status: Annotated[str | None, Query(pattern="^(" + "|".join(STATUSES) + ")$")] = None,
-    cursor: Cursor = None,
+    cursor: RunCursor = None,
     limit: Limit = 50,
 ) -> RunPage:
     """Runs, newest first, filtered by workflow and status."""

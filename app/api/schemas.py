@@ -2,12 +2,56 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema, create_model
 
 from app.api.params import MAX_INT
+from app.engine import ExecutionConfig
+from app.engine.config import LIMIT_FIELDS, PROCESS_FIELDS
 from app.engine.dsl import WORKFLOW_ID_PATTERN
+
+#: a string as the service stores it: no NUL character (nor a lone surrogate, which no
+#: JSON text that is valid UTF-8 can carry)
+TEXT_SCHEMA: dict[str, Any] = {"type": "string", "pattern": "^[^\\u0000]*$"}
+#: what ``JsonValue`` is in the OpenAPI document (its recursion refers to itself there)
+JSON_VALUE_SCHEMA: dict[str, Any] = {
+    "description": "Any JSON value that nests at most max_value_depth (64) levels and "
+    "holds no NUL character, lone surrogate, NaN or infinity (docs/dsl.md, Values).",
+    "anyOf": [
+        {"type": "null"},
+        {"type": "boolean"},
+        {"type": "number"},
+        TEXT_SCHEMA,
+        {"type": "array", "items": {"$ref": "#/components/schemas/JsonValue"}},
+        {
+            "type": "object",
+            "propertyNames": TEXT_SCHEMA,
+            "additionalProperties": {"$ref": "#/components/schemas/JsonValue"},
+        },
+    ],
+}
+_JSON_VALUE_REF = {"$ref": "#/components/schemas/JsonValue"}
+JSON_OBJECT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "propertyNames": TEXT_SCHEMA,
+    "additionalProperties": _JSON_VALUE_REF,
+}
+#: a JSON value the store holds exactly (checked where bodies are parsed: api.body)
+JsonValue = Annotated[Any, WithJsonSchema(JSON_VALUE_SCHEMA)]
+JsonObject = Annotated[dict[str, Any], WithJsonSchema(JSON_OBJECT_SCHEMA)]
+
+#: the execution knobs a run's ``config`` may set: not the operator's limits and process
+#: settings (documents the body; ``api.runs.check_config`` is what enforces it)
+RunConfig = create_model(  # type: ignore[call-overload]
+    "RunConfig",
+    __config__=ConfigDict(extra="forbid"),
+    **{
+        name: (field.annotation, field)
+        for name, field in ExecutionConfig.model_fields.items()
+        if name not in LIMIT_FIELDS | PROCESS_FIELDS | {"error_handler", "enable_checkpoints"}
+    },
+)
 
 
 class _In(BaseModel):
@@ -51,8 +95,11 @@ class WorkflowPage(BaseModel):
 class RunCreate(_In):
     workflow_id: str = Field(pattern=WORKFLOW_ID_PATTERN)
     version: int | None = Field(None, ge=1, le=MAX_INT, description="Default: the latest version.")
-    input: Any = None
-    config: dict[str, Any] | None = Field(
+    input: JsonValue = None
+    config: Annotated[
+        dict[str, Any] | None,
+        WithJsonSchema({"anyOf": [{"$ref": "#/components/schemas/RunConfig"}, {"type": "null"}]}),
+    ] = Field(
         None, description="ExecutionConfig overrides for this run (unknown knobs are rejected)."
     )
 
@@ -95,14 +142,14 @@ class RunPage(BaseModel):
 
 
 class SignalIn(_In):
-    name: str = Field(min_length=1, max_length=200)
-    payload: Any = None
+    name: str = Field(min_length=1, max_length=200, pattern="^[^\\u0000]+$")
+    payload: JsonValue = None
 
 
 class ResumeIn(_In):
-    fork: bool = Field(False, description="Start a new run from the checkpoint instead.")
-    input: Any = Field(None, description="For a fork: a new input (default: the original).")
-    vars: dict[str, Any] | None = Field(None, description="Variables to set before resuming.")
+    fork: StrictBool = Field(False, description="Start a new run from the checkpoint instead.")
+    input: JsonValue = Field(None, description="For a fork: a new input (default: the original).")
+    vars: JsonObject | None = Field(None, description="Variables to set before resuming.")
 
 
 class EventOut(BaseModel):

@@ -6,12 +6,21 @@ from typing import Annotated, Any
 from urllib.parse import quote
 
 from fastapi import APIRouter, Body, Response
+from pydantic import WithJsonSchema
+from starlette.convertors import Convertor, register_url_convertor
 
 from app.api.body import CheckedRoute
 from app.api.deps import ServicesDep
 from app.api.errors import not_found, problems
-from app.api.params import Cursor, Limit, VersionPath, WorkflowIdPath
-from app.api.schemas import Issue, ValidationResult, WorkflowOut, WorkflowPage, WorkflowSummary
+from app.api.params import Limit, VersionPath, WorkflowCursor, WorkflowIdPath
+from app.api.schemas import (
+    JSON_OBJECT_SCHEMA,
+    Issue,
+    ValidationResult,
+    WorkflowOut,
+    WorkflowPage,
+    WorkflowSummary,
+)
 from app.engine import (
     ValidationIssue,
     WorkflowValidationError,
@@ -19,6 +28,25 @@ from app.engine import (
     validate_workflow,
 )
 from app.store.models import WorkflowVersion
+
+
+class _WorkflowIdConvertor(Convertor[str]):
+    """A path segment naming a workflow: anything but ``validate`` (the route of its own
+    that ``POST /v1/workflows/validate`` is). The id's pattern is checked as a parameter,
+    so a malformed id is a 422 naming it, not a 404."""
+
+    regex = "(?!validate(?:/|$))[^/]+"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("workflow_id", _WorkflowIdConvertor())
+#: ids that are paths of this API
+RESERVED_IDS = frozenset({"validate"})
 
 router = APIRouter(
     prefix="/v1/workflows",
@@ -29,6 +57,7 @@ router = APIRouter(
 
 DefinitionBody = Annotated[
     dict[str, Any],
+    WithJsonSchema(JSON_OBJECT_SCHEMA),
     Body(
         description="A workflow definition (see docs/dsl.md).",
         examples=[
@@ -65,6 +94,10 @@ def _issues(body: dict[str, Any], services: ServicesDep) -> list[ValidationIssue
     issues = validate_workflow(body, limits=services.limits)
     if "id" not in body:
         issues.insert(0, ValidationIssue("a workflow needs an id", field="id", code="schema"))
+    elif isinstance(body["id"], str) and body["id"] in RESERVED_IDS:
+        issues.insert(
+            0, ValidationIssue(f"the id {body['id']!r} is reserved", field="id", code="schema")
+        )
     return issues
 
 
@@ -95,7 +128,7 @@ async def validate(body: DefinitionBody, services: ServicesDep) -> ValidationRes
 @router.get("", response_model=WorkflowPage, responses=problems(400))
 async def list_workflows(
     services: ServicesDep,
-    cursor: Cursor = None,
+    cursor: WorkflowCursor = None,
     limit: Limit = 50,
 ) -> WorkflowPage:
     """The latest version of every workflow that is not archived, by id."""
@@ -111,7 +144,7 @@ async def list_workflows(
     )
 
 
-@router.get("/{workflow_id}", response_model=WorkflowOut, responses=problems(404))
+@router.get("/{workflow_id:workflow_id}", response_model=WorkflowOut, responses=problems(404))
 async def get_latest(workflow_id: WorkflowIdPath, services: ServicesDep) -> WorkflowOut:
     """The latest version (404 once the workflow is archived)."""
     row = await services.store.get_workflow(workflow_id)
@@ -121,20 +154,24 @@ async def get_latest(workflow_id: WorkflowIdPath, services: ServicesDep) -> Work
 
 
 @router.get(
-    "/{workflow_id}/versions/{version}", response_model=WorkflowOut, responses=problems(404)
+    "/{workflow_id:workflow_id}/versions/{version}",
+    response_model=WorkflowOut,
+    responses=problems(404),
 )
 async def get_version(
     workflow_id: WorkflowIdPath, version: VersionPath, services: ServicesDep
 ) -> WorkflowOut:
-    """One version, archived or not (``archived`` says which): runs started on it keep
-    reading it; an archived workflow only starts no new runs."""
+    """One version. An archived workflow's versions are gone from the API, like the
+    workflow (its runs keep theirs: they finish, and can be resumed and forked)."""
     row = await services.store.get_workflow(workflow_id, version, include_archived=True)
     if row is None:
         raise not_found(f"no workflow {workflow_id!r} version {version}")
+    if row.archived:
+        raise not_found(f"workflow {workflow_id!r} is archived")
     return workflow_out(row)
 
 
-@router.delete("/{workflow_id}", status_code=204, responses=problems(404))
+@router.delete("/{workflow_id:workflow_id}", status_code=204, responses=problems(404))
 async def archive(workflow_id: WorkflowIdPath, services: ServicesDep) -> Response:
     """Archive a workflow: it no longer starts runs; runs already started finish."""
     if not await services.store.archive_workflow(workflow_id):

@@ -7,6 +7,8 @@ Three kinds of knob:
 
 - *limits* (:data:`LIMIT_FIELDS`) bound what a definition or a value may contain; they
   come from whoever validates (the operator), and nothing a workflow says changes them;
+  nor does it change the *process settings* (:data:`PROCESS_FIELDS`: the trace file,
+  connection pools, the event loop);
 - *budgets* (:data:`BUDGET_FIELDS`) bound the work and the data of one run; the operator
   sets them, and a workflow's or a run's ``config`` may only lower them (a higher value
   is ignored: the operator's stands). Crossing one fails the run with kind ``budget``;
@@ -37,6 +39,13 @@ LIMIT_FIELDS = frozenset(
         "max_definition_bytes",
         "max_value_depth",
     }
+)
+
+#: Knobs that configure the process rather than a run (a file the trace is written to,
+#: connection pools, the event loop): set by the operator; a workflow's or a run's
+#: ``config`` cannot set them.
+PROCESS_FIELDS = frozenset(
+    {"trace_output", "event_loop_policy", "db_pool_size", "http_pool_size", "redis_pool_size"}
 )
 
 #: Knobs that bound one run's work and data: a workflow or a run may lower them only.
@@ -168,13 +177,13 @@ class ExecutionConfig(BaseModel):
     )
 
     def merged(self, overrides: dict[str, Any] | None) -> ExecutionConfig:
-        """A copy with ``overrides`` applied (validated); limits are never overridden
-        and budgets only lowered."""
+        """A copy with ``overrides`` applied (validated); limits and process settings are
+        never overridden, budgets only lowered."""
         if not overrides:
             return self
         data = self.model_dump(exclude={"error_handler"})
         for key, value in overrides.items():
-            if key in LIMIT_FIELDS:
+            if key in LIMIT_FIELDS or key in PROCESS_FIELDS:
                 continue
             if key in BUDGET_FIELDS and isinstance(value, int | float) and value > data[key]:
                 continue  # the operator's budget stands

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from app.engine.config import LIMIT_FIELDS, ExecutionConfig
+from app.engine.config import LIMIT_FIELDS, PROCESS_FIELDS, ExecutionConfig
 from app.engine.dsl import EdgeSpec, NodeSpec, WorkflowDefinition
 from app.engine.errors import (
     ExpressionCompileError,
@@ -259,6 +259,12 @@ class _Checker:
                     "config",
                     field=f"config.{key}",
                 )
+            elif key in PROCESS_FIELDS:
+                self.add(
+                    f"{key} configures the process, not a run: it is the operator's setting",
+                    "config",
+                    field=f"config.{key}",
+                )
             elif key not in known or key == "error_handler":
                 self.add(f"unknown execution knob {key!r}", "config", field=f"config.{key}")
         try:
@@ -266,7 +272,10 @@ class _Checker:
                 {
                     k: v
                     for k, v in raw.items()
-                    if k in known and k not in LIMIT_FIELDS and k != "error_handler"
+                    if k in known
+                    and k not in LIMIT_FIELDS
+                    and k not in PROCESS_FIELDS
+                    and k != "error_handler"
                 }
             )
         except ValidationError as exc:

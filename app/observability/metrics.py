@@ -297,7 +297,13 @@ class HttpMetrics:
             await self.app(scope, receive, recording_send)
         finally:
             route: Any = scope.get("route")
-            template = getattr(route, "path", None) or UNMATCHED_ROUTE
+            # the template as documented: `/v1/workflows/{workflow_id}`, not its
+            # `{workflow_id:workflow_id}` convertor
+            template = (
+                getattr(route, "path_format", None)
+                or getattr(route, "path", None)
+                or UNMATCHED_ROUTE
+            )
             method = scope.get("method", "GET")
             if method not in HTTP_METHODS:
                 method = "other"

@@ -159,10 +159,9 @@ async def test_trace_output_writes_the_trace_as_json(tmp_path: Path, clock: Fake
 
 async def test_trace_output_of_a_failed_run(tmp_path: Path) -> None:
     target = tmp_path / "failed.json"
-    workflow = make_workflow(
-        [node("bad", "fail")], config={"trace_execution": True, "trace_output": str(target)}
-    )
-    result = await WorkflowExecutor().execute(workflow)
+    # the trace file is the operator's to name (a workflow's config cannot: PROCESS_FIELDS)
+    workflow = make_workflow([node("bad", "fail")], config={"trace_execution": True})
+    result = await WorkflowExecutor(ExecutionConfig(trace_output=str(target))).execute(workflow)
     assert result.status is RunStatus.FAILED
     written = json.loads(target.read_text(encoding="utf-8"))
     assert written["status"] == "failed"

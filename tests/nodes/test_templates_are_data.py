@@ -171,7 +171,7 @@ async def test_http_fields(http_server: LocalHTTPServer, field: str) -> None:
     (request,) = seen
     sent = {
         "url": request.path,
-        "headers": request.headers.get("x-data"),
+        "headers": request.headers.get("x-data", ""),
         "query": request.target.partition("?")[2],
         "json": request.body.decode(),
         "body": request.body.decode(),

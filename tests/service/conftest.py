@@ -19,19 +19,27 @@ administrative Postgres statements run in a worker thread, away from the test's 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
-import queue
-import threading
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractContextManager, asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import uvicorn
+from pydantic import SecretStr
 
+from app import config as app_config
 from app.config import Settings
 from app.main import create_app
 from app.redis_link import RedisLink
@@ -178,49 +186,149 @@ async def private_links(redis_server: RedisServer) -> AsyncIterator[list[RedisLi
             await link.close()
 
 
-# ------------------------------------------------ the real server in a thread of its own
+# ------------------------------------------------ the real server as a process of its own
+
+
+#: loggers of request handling: an error logged there is a request the server failed
+REQUEST_LOGGERS = frozenset({"flowcore.api", "uvicorn.error"})
+_APP_FRAME = re.compile(r'File "[^"]*/(app/[^"]+)", line (\d+)')
+_EXCEPTION = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Group)\b")
+
+
+@dataclass(slots=True)
+class ServerProcess:
+    """A ``flowcore serve`` process: its base URL and its log (JSON lines)."""
+
+    base_url: str
+    log: Path
+
+    def logged_errors(self) -> list[dict[str, Any]]:
+        """The log entries of level error and above so far."""
+        entries: list[dict[str, Any]] = []
+        for line in self.log.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:  # not one of the JSON lines: a crash would print such text
+                entry = {"level": "error", "logger": "(stderr)", "message": line}
+            if isinstance(entry, dict) and entry.get("level") in ("error", "critical"):
+                entries.append(entry)
+        return entries
+
+    def error_report(self) -> tuple[bool, str]:
+        """What the server logged at level error (a handler's crash, a stream that broke
+        after its headers were sent, ...), deduplicated by exception (its numbers masked)
+        and the app's innermost frame: whether request handling failed, and a report."""
+        seen: dict[tuple[str, str], tuple[set[str], list[str]]] = {}
+        for entry in self.logged_errors():
+            logger = str(entry.get("logger", "?"))
+            lines = str(entry.get("message", "")).strip().splitlines() or [""]
+            what, example, where = lines[0][:200], " ".join(lines[1:2])[:200], ""
+            exc = str(entry.get("exc", "")).strip()
+            if exc:
+                found = [line for line in exc.splitlines() if _EXCEPTION.match(line)]
+                what = example = (found[-1] if found else exc.splitlines()[-1])[:200]
+                frames = _APP_FRAME.findall(exc)
+                if frames:
+                    where = "{}:{}".format(*frames[-1])
+            loggers, examples = seen.setdefault((re.sub(r"\d+", "N", what), where), (set(), []))
+            loggers.add(logger)
+            if example and example not in examples and len(examples) < 3:
+                examples.append(example)
+        failed = any(loggers & REQUEST_LOGGERS for loggers, _ in seen.values())
+        report = [f"{len(seen)} distinct error(s) logged by the server:"]
+        for (what, where), (loggers, examples) in sorted(seen.items()):
+            at = f" at {where}" if where else ""
+            report.append(f"--- {what}{at} [{', '.join(sorted(loggers))}]")
+            report.extend(f"  * {example}" for example in examples)
+        return failed, "\n".join(report)
+
+
+def _environment(settings: Settings) -> dict[str, str]:
+    """The process environment that makes ``Settings()`` equal ``settings``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLOWCORE_")}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            continue
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, dict | list):
+            text = json.dumps(value)
+        else:
+            text = str(value)
+        env[f"FLOWCORE_{name.upper()}"] = text
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _start_process(settings: Settings, log: Path) -> tuple[subprocess.Popen[bytes], int]:
+    """Start ``flowcore serve`` on a free port and wait until it answers; a port taken
+    between choosing and binding it is chosen again."""
+    root = Path(app_config.__file__).resolve().parents[1]
+    for _ in range(3):
+        port = _free_port()
+        command = [sys.executable, "-m", "app.cli", "serve", "--no-migrate"]
+        command += ["--host", "127.0.0.1", "--port", str(port)]
+        with log.open("ab") as sink:
+            process = subprocess.Popen(
+                command, cwd=root, env=_environment(settings), stdout=sink, stderr=subprocess.STDOUT
+            )
+        # its own line, so that a server another test started on the same port is not it
+        running = f"Uvicorn running on http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while process.poll() is None and time.monotonic() < deadline:
+            if running in log.read_text(encoding="utf-8", errors="replace"):
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                        return process, port
+                except httpx.TransportError:
+                    pass
+            time.sleep(0.05)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"the server did not start within 30 s:\n{_tail(log)}")
+        if "address already in use" not in log.read_text(encoding="utf-8", errors="replace"):
+            raise RuntimeError(f"the server exited with {process.returncode}:\n{_tail(log)}")
+    raise RuntimeError(f"no free port for the server:\n{_tail(log)}")
 
 
 @contextmanager
-def run_server_in_thread(settings: Settings) -> Iterator[str]:
-    """``run_server(settings)`` in a thread with an event loop of its own, for synchronous
-    clients (schemathesis' ``requests``, hypothesis tests); yields the base URL."""
-    started: queue.Queue[tuple[asyncio.AbstractEventLoop, asyncio.Event, str] | BaseException]
-    started = queue.Queue()
-    failures: list[BaseException] = []
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        async with run_server(settings) as http:
-            started.put((asyncio.get_running_loop(), stop, str(http.base_url).rstrip("/")))
-            await stop.wait()
-
-    def target() -> None:
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # handed to the test's thread, never left unhandled
-            failures.append(exc)
-            started.put(exc)
-
-    thread = threading.Thread(target=target, name="flowcore-server", daemon=True)
-    thread.start()
-    item = started.get(timeout=60)
-    if isinstance(item, BaseException):
-        thread.join(timeout=30)
-        raise item
-    loop, stop, base_url = item
+def run_server_process(settings: Settings, log: Path) -> Iterator[ServerProcess]:
+    """``python -m app.cli serve`` (the real CLI: uvicorn, uvloop, JSON logs into ``log``)
+    on 127.0.0.1 and a free port. For synchronous clients (schemathesis' ``requests``,
+    hypothesis tests): nothing of the server shares the test's process, its threads or its
+    interpreter state."""
+    process, port = _start_process(settings, log)
     try:
-        yield base_url
+        yield ServerProcess(f"http://127.0.0.1:{port}", log)
     finally:
-        loop.call_soon_threadsafe(stop.set)
-        thread.join(timeout=30)
-        if thread.is_alive():
-            raise RuntimeError("the server thread did not stop within 30 s")
-        if failures:
-            raise failures[0]
+        process.send_signal(signal.SIGINT)  # uvicorn's graceful shutdown
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise RuntimeError(f"the server did not stop within 30 s:\n{_tail(log)}") from None
+
+
+def _tail(log: Path, lines: int = 40) -> str:
+    return "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
 
 
 @pytest.fixture
-def serve_in_thread() -> Callable[[Settings], AbstractContextManager[str]]:
-    """``with serve_in_thread(settings) as base_url``: the real server for sync clients."""
-    return run_server_in_thread
+def serve_process(tmp_path: Path) -> Callable[[Settings], AbstractContextManager[ServerProcess]]:
+    """``with serve_process(settings) as server``: the real server as a process, its log
+    in the test's temporary directory."""
+
+    def serve(settings: Settings) -> AbstractContextManager[ServerProcess]:
+        return run_server_process(settings, tmp_path / f"server-{uuid.uuid4().hex[:8]}.log")
+
+    return serve

@@ -301,18 +301,31 @@ async def test_non_finite_numbers_in_a_definition_are_refused_at_post(
 # ----------------------------------------------------------------------- archived, 405
 
 
-async def test_an_archived_workflow_starts_no_runs_but_its_versions_read(
+async def test_an_archived_workflow_is_gone_from_the_api_but_its_runs_go_on(
     client: httpx.AsyncClient,
 ) -> None:
     workflow_id = unique("old")
-    await post_workflow(client, chain(workflow_id, transform("a", v="1")))
+    await post_workflow(client, chain(workflow_id, transform("a", v="1"), transform("b", v="2")))
+    run = await start_run(client, workflow_id, wait=10)
     assert (await client.delete(f"/v1/workflows/{workflow_id}")).status_code == 204
     assert_problem(await client.get(f"/v1/workflows/{workflow_id}"), 404, "not-found")
     version = await client.get(f"/v1/workflows/{workflow_id}/versions/1")
-    assert version.status_code == 200
-    assert version.json()["archived"] is True
+    assert "archived" in assert_problem(version, 404, "not-found")["detail"]
     refused = await client.post("/v1/runs", json={"workflow_id": workflow_id})
     assert_problem(refused, 404, "not-found")
+    # its runs keep their version: they read, and fork
+    assert (await client.get(f"/v1/runs/{run['run_id']}")).status_code == 200
+    fork = await client.post(f"/v1/checkpoints/{run['run_id']}:1/resume", json={"fork": True})
+    assert fork.status_code == 202, fork.text
+    assert (await finished(client, fork.json()["run_id"]))["status"] == "succeeded"
+    # "validate" is a path of the API, not a workflow id
+    reserved = await client.post(
+        "/v1/workflows", json={"id": "validate", "nodes": [transform("a", v="1")]}
+    )
+    assert "reserved" in assert_problem(reserved, 422, "invalid-workflow")["detail"] + str(
+        reserved.json()["errors"]
+    )
+    assert_problem(await client.get("/v1/workflows/validate"), 405, "method-not-allowed")
 
 
 async def test_405_names_the_allowed_methods(client: httpx.AsyncClient) -> None:
@@ -379,6 +392,6 @@ async def test_the_json_event_list_pages(client: httpx.AsyncClient) -> None:
             params={"cursor": "x"},
             headers={"Accept": "application/json"},
         ),
-        400,
-        "bad-event-id",
+        422,
+        "invalid-request",
     )

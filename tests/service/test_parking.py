@@ -25,6 +25,7 @@ from tests.service.support import (
     start_run,
     transform,
     unique,
+    wait_for_event,
     wait_status,
 )
 
@@ -200,6 +201,7 @@ async def test_resuming_a_running_run_stops_the_earlier_execution_at_once(
         baseline = metric((await client.get("/metrics")).text, "flowcore_active_runs")
         run_id = (await start_run(client, workflow_id))["run_id"]
         await wait_status(client, run_id, "running")
+        await wait_for_event(client, run_id, "node.completed", "a")  # checkpointed with it
         checkpoints = (await client.get(f"/v1/runs/{run_id}/checkpoints")).json()
         assert checkpoints
         resumed = await client.post(f"/v1/checkpoints/{checkpoints[0]['id']}/resume")
