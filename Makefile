@@ -36,6 +36,7 @@ bench: $(UV)  ## benchmark tables (engine vs asyncio floor vs LangGraph)
 	$(BIN)/python -m bench.engine
 	$(BIN)/python -m bench.http
 	$(BIN)/python -m bench.redis
+	$(BIN)/python -m bench.parked
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
