@@ -8,7 +8,7 @@ Three kinds of knob:
 - *limits* (:data:`LIMIT_FIELDS`) bound what a definition or a value may contain; they
   come from whoever validates (the operator), and nothing a workflow says changes them;
   nor does it change the *process settings* (:data:`PROCESS_FIELDS`: the trace file,
-  connection pools, the event loop);
+  connection pools);
 - *budgets* (:data:`BUDGET_FIELDS`) bound the work and the data of one run; the operator
   sets them, and a workflow's or a run's ``config`` may only lower them (a higher value
   is ignored: the operator's stands). Crossing one fails the run with kind ``budget``;
@@ -42,11 +42,9 @@ LIMIT_FIELDS = frozenset(
 )
 
 #: Knobs that configure the process rather than a run (a file the trace is written to,
-#: connection pools, the event loop): set by the operator; a workflow's or a run's
-#: ``config`` cannot set them.
-PROCESS_FIELDS = frozenset(
-    {"trace_output", "event_loop_policy", "db_pool_size", "http_pool_size", "redis_pool_size"}
-)
+#: connection pools): set by the operator; a workflow's or a run's ``config`` cannot set
+#: them. (``event_loop_policy`` is not one: `flowcore run` honours a workflow's choice.)
+PROCESS_FIELDS = frozenset({"trace_output", "db_pool_size", "http_pool_size", "redis_pool_size"})
 
 #: Knobs that bound one run's work and data: a workflow or a run may lower them only.
 BUDGET_FIELDS = frozenset(

@@ -395,3 +395,27 @@ async def test_the_json_event_list_pages(client: httpx.AsyncClient) -> None:
         422,
         "invalid-request",
     )
+
+
+async def test_no_definition_or_run_names_a_file_for_the_server_to_write(
+    client: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    target = str(tmp_path / "trace.json")
+    definition = chain(
+        unique("trace"),
+        transform("a", v="1"),
+        config={"trace_execution": True, "trace_output": target},
+    )
+    problem = assert_problem(
+        await client.post("/v1/workflows", json=definition), 422, "invalid-workflow"
+    )
+    assert problem["errors"][0]["field"] == "config.trace_output"
+    workflow_id = unique("plain")
+    await post_workflow(client, chain(workflow_id, transform("a", v="1")))
+    for knob, value in (("trace_output", target), ("enable_checkpoints", False)):
+        response = await client.post(
+            "/v1/runs",
+            json={"workflow_id": workflow_id, "config": {"trace_execution": True, knob: value}},
+        )
+        problem = assert_problem(response, 422, "invalid-config")
+        assert f"{knob} cannot be set per run" in problem["detail"]
