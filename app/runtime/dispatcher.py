@@ -312,7 +312,10 @@ class Dispatcher:
         try:
             if run.cancel_requested:  # requested while it was parked or being taken over
                 executor.cancel(run.id, early=True)
-            await self._deliver_signals([run.id])  # those that came while it was away
+            if run.claims > 1 or run.checkpoint_seq or run.resume_from:
+                # woken, taken over or resumed: the signals that came while it was away
+                # (a new run's come with the heartbeat, as they always did)
+                await self._deliver_signals([run.id])
             result = await self._run(executor, journal, run)
             active.ended = True
             if result.error is not None and result.error.kind == "checkpoint":

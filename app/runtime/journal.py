@@ -136,7 +136,7 @@ class RunJournal:
         while head > FLUSH_BATCH:
             batch = events[:FLUSH_BATCH]
             try:
-                await self.store.commit_progress(self.lease, [], batch)
+                await self.store.commit_progress(self.lease, [], batch, bulk=True)
             except LeaseLost:
                 self._lose()
                 return
@@ -278,7 +278,7 @@ class RunJournal:
                 if not events:
                     return
                 try:
-                    await self.store.commit_progress(self.lease, [], events)
+                    await self.store.commit_progress(self.lease, [], events, bulk=True)
                 except LeaseLost:
                     self._lose()
                     return

@@ -117,6 +117,7 @@ class Store:
         self._sessions = sessionmaker(engine)
         #: sessions that only read (on SQLite they take no write lock)
         self._read_sessions = sessionmaker(engine.execution_options(read_only=True))
+        #: SQLite: the turn bulk event commits and lease heartbeats take (``_turn``)
         self._write_turn = asyncio.Lock()
         self.postgres = is_postgres(engine)
         #: called with a notification payload when this process changes the queue
@@ -171,15 +172,16 @@ class Store:
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
         """A session for a transaction that writes."""
-        async with self._sqlite_writer(), self._sessions() as session:
+        async with self._sessions() as session:
             yield session
 
     @contextlib.asynccontextmanager
-    async def _sqlite_writer(self) -> AsyncIterator[None]:
-        """SQLite has one writer at a time, and its lock is not fair: a replica's journal
-        committing batch after batch could keep a heartbeat waiting past its lease. In
-        one process, writers take turns here, first come first served (Postgres needs
-        no such turn)."""
+    async def _turn(self) -> AsyncIterator[None]:
+        """SQLite has one writer at a time, and its lock is not fair: a journal committing
+        batch after batch of events (a run making thousands a second) could keep a lease
+        heartbeat waiting past its lease. Those two kinds of write take turns here, first
+        come first served; every other write goes straight to the database (taking turns
+        costs a hop through the event loop per statement). Postgres needs no turn."""
         if self.postgres:
             yield
             return
@@ -771,7 +773,7 @@ class Store:
             return [i for i in ids if i not in kept], list(record["cancel"] or ())
         now = db_now(self.engine)
         lost: list[str] = []
-        async with self._write() as session:
+        async with self._turn(), self._write() as session:
             for lease in leases:
                 result = await session.execute(
                     update(Run)
@@ -841,9 +843,13 @@ class Store:
         status: str | None = None,
         current_nodes: list[str] | None = None,
         outcome: tuple[str, Any, dict[str, Any] | None] | None = None,
+        bulk: bool = False,
     ) -> None:
         """One transaction: checkpoint records, the node results they carry and events,
         fenced on the lease. Raises LeaseLost (and writes nothing) if the lease moved.
+
+        ``bulk``: one of a stream of event batches (the journal catching up with a run
+        that makes events faster than they commit): it takes turns with heartbeats.
 
         ``outcome`` (status, output, error) also records how the run ended and drops the
         lease, as ``finish_run`` does: the final checkpoint, the terminal event and the
@@ -865,6 +871,7 @@ class Store:
                         status=status,
                         current_nodes=current_nodes,
                         outcome=outcome,
+                        bulk=bulk,
                     )
                 return
             except DBAPIError as exc:
@@ -962,6 +969,7 @@ class Store:
         status: str | None = None,
         current_nodes: list[str] | None = None,
         outcome: tuple[str, Any, dict[str, Any] | None] | None = None,
+        bulk: bool = False,
     ) -> None:
         now = time.time()
         values: dict[str, Any] = {"updated_at": now}
@@ -994,7 +1002,10 @@ class Store:
                 current_nodes=[],
             )
         # a Core connection, not an ORM session: this is the hot path of every run
-        async with self._sqlite_writer(), self.engine.begin() as conn:
+        turn: contextlib.AbstractAsyncContextManager[None] = (
+            self._turn() if bulk else contextlib.nullcontext()
+        )
+        async with turn, self.engine.begin() as conn:
             result = await conn.execute(
                 update(Run)
                 .where(
