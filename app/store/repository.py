@@ -555,10 +555,7 @@ class Store:
                 run.finished_at = now
                 run.error = {"message": "the run was cancelled", "kind": "cancelled"}
                 run.event_seq = seq
-                run.parked = False
-                run.wake_at = None
-                run.cancel_requested = False
-                run.current_nodes = []
+                _let_go(run)
                 announce = f"done:{run_id}"
             elif run.status in ACTIVE:
                 run.cancel_requested = True
@@ -1186,12 +1183,7 @@ class Store:
             run.finished_at = now
             run.updated_at = now
             run.event_seq = seq
-            run.owner = None
-            run.lease_until = None
-            run.cancel_requested = False
-            run.resume_from = None
-            run.vars_patch = None
-            run.current_nodes = []
+            _let_go(run)
             await self._notify(session, f"done:{lease.run_id}")
             await session.commit()
         self._announce(f"done:{lease.run_id}")
@@ -1266,6 +1258,18 @@ class Store:
                 .order_by(NodeResultRow.committed_at, NodeResultRow.node_id)
             )
             return list((await session.execute(query)).scalars())
+
+
+def _let_go(run: Run) -> None:
+    """What a run that ended no longer has: an owner, a lease, a wake-up, requests."""
+    run.owner = None
+    run.lease_until = None
+    run.cancel_requested = False
+    run.resume_from = None
+    run.vars_patch = None
+    run.current_nodes = []
+    run.parked = False
+    run.wake_at = None
 
 
 def _rowcount(result: Any) -> int:
