@@ -25,6 +25,10 @@ from app.observability.metrics import HttpMetrics
 from app.redis_link import RedisLink
 from app.runtime.definitions import DefinitionCache
 from app.runtime.dispatcher import Dispatcher
+from app.runtime.health import HealthService
+from app.runtime.runs import RunService
+from app.runtime.streams import EventStreams
+from app.runtime.workflows import WorkflowService
 from app.store.db import create_engine
 from app.store.migrate import head_revision
 from app.store.repository import Store
@@ -190,13 +194,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         app.state.services = Services(
             settings=settings,
-            store=store,
-            bus=bus,
             limits=limits,
-            dispatcher=dispatcher,
-            definitions=definitions,
-            migrations_head=head_revision(),
-            redis=redis,
+            workflows=WorkflowService(store, limits),
+            runs=RunService(settings, store, definitions),
+            streams=EventStreams(settings, store, bus),
+            health=HealthService(store, head_revision(), redis, dispatcher is not None),
         )
         if dispatcher is not None:
             await dispatcher.start()

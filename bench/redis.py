@@ -1019,7 +1019,7 @@ async def section_sse(
         "subscription is live); the others were partly replayed from the log. "
         "p50/p95/p99: median over rounds; max: over all.",
         "without Redis, B learns of A's events only from its database log, read after "
-        "0.25 s without a live event (app/api/events.py POLL). stream open: GET sent -> "
+        "0.25 s without a live event (app/runtime/streams.py POLL). stream open: GET sent -> "
         "`: stream open` read (with Redis it waits for the SUBSCRIBE to be confirmed).",
         "CPU ms/run: each server's CPU over the measured runs, per run. out of order or "
         "gaps: streams whose `id:`s were not 1, 2, 3, ... (none expected).",

@@ -1,4 +1,4 @@
-"""What request handlers get from the composition root."""
+"""What request handlers get from the composition root: the service layer."""
 
 from __future__ import annotations
 
@@ -7,13 +7,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from app.bus import EventBus
 from app.config import Settings
 from app.engine import ExecutionConfig
-from app.redis_link import RedisLink
-from app.runtime.definitions import DefinitionCache
-from app.runtime.dispatcher import Dispatcher
-from app.store.repository import Store
+from app.runtime.health import HealthService
+from app.runtime.runs import RunService
+from app.runtime.streams import EventStreams
+from app.runtime.workflows import WorkflowService
 
 
 @dataclass(slots=True)
@@ -21,13 +20,12 @@ class Services:
     """Everything the app wires at startup (see app.main)."""
 
     settings: Settings
-    store: Store
-    bus: EventBus
+    #: the operator's limits and budgets (bodies are checked against them)
     limits: ExecutionConfig
-    dispatcher: Dispatcher | None
-    definitions: DefinitionCache
-    migrations_head: str | None = None
-    redis: RedisLink | None = None
+    workflows: WorkflowService
+    runs: RunService
+    streams: EventStreams
+    health: HealthService
 
 
 def get_services(request: Request) -> Services:

@@ -23,9 +23,10 @@ from app.engine import (
     WorkflowValidationError,
 )
 from app.engine.checkpoint import CheckpointNotFoundError
-from app.store.repository import (
+from app.runtime.errors import (
     IdempotencyConflict,
     InvalidCursor,
+    InvalidRunConfig,
     InvalidTransition,
     NotFound,
 )
@@ -162,6 +163,17 @@ def install(app: FastAPI) -> None:
             f"{exc.field}: {exc.message}",
             request.url.path,
             errors=[{"field": exc.field, "message": exc.message}],
+        )
+
+    @app.exception_handler(InvalidRunConfig)
+    async def _run_config(request: Request, exc: InvalidRunConfig) -> JSONResponse:
+        return problem(
+            422,
+            "invalid-config",
+            "Invalid run config",
+            str(exc),
+            request.url.path,
+            errors=[issue.to_dict() for issue in exc.issues],
         )
 
     @app.exception_handler(NotFound)

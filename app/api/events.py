@@ -1,23 +1,13 @@
-"""A run's events: server-sent events that replay the durable log and then tail live,
-or the list as JSON.
+"""A run's events: server-sent events (the durable log replayed, then the live feed:
+``app.runtime.streams``), or the logged events as JSON pages.
 
-The stream subscribes to the live bus *before* it reads the log, then yields events
-strictly in sequence order: from the log, then from the live subscription, holding back
-live events that run ahead of the log until the log catches up (so there is no gap and no
-duplicate, whichever replica executes the run). With the Redis bus, events of a run
-executing on another replica arrive live too and are yielded as soon as they come. When
-the live subscription overflows (a slow client, a Redis outage) or no live event comes
-(Redis is down, or absent and the run executes elsewhere), the log carries the stream,
-polled every ``POLL`` seconds. ``id:`` is the event's sequence number, so a
-reconnecting EventSource sends ``Last-Event-ID`` and resumes exactly after it.
+``id:`` is the event's sequence number, so a reconnecting EventSource sends
+``Last-Event-ID`` and resumes exactly after it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
 import re
-from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
@@ -25,143 +15,27 @@ from pydantic import WithJsonSchema
 from starlette.responses import StreamingResponse
 
 from app.api.body import CheckedRoute
-from app.api.deps import Services, ServicesDep
-from app.api.errors import ApiError, not_found, problems
+from app.api.deps import ServicesDep
+from app.api.errors import ApiError, problems
 from app.api.params import MAX_INT, SEQUENCE_PATTERN, EventCursor, RunIdPath, Sequence
 from app.api.schemas import EventOut, EventPage
-from app.engine import Event, EventType
-from app.engine.events import TERMINAL_EVENTS
-from app.observability import metrics
-from app.store.models import EventRow
-from app.store.repository import TERMINAL
+from app.engine import EventType
 
 router = APIRouter(tags=["events"], route_class=CheckedRoute, responses=problems(422, 500))
 
-POLL = 0.25
-TERMINAL_TYPES = frozenset(t.value for t in TERMINAL_EVENTS)
+
+class _ServerSentEvents:
+    """The stream's framing on the wire: ``id:`` the sequence number, ``event:`` the
+    type, ``data:`` the event as JSON; comments keep an idle connection open."""
+
+    def event(self, seq: int, type: str, payload: str) -> bytes:
+        return f"id: {seq}\nevent: {type}\ndata: {payload}\n\n".encode()
+
+    def comment(self, text: str) -> bytes:
+        return f": {text}\n\n".encode()
 
 
-def _event_json(run_id: str, seq: int, type: str, node_id: str | None, data: Any, ts: float) -> str:
-    return json.dumps(
-        {
-            "seq": seq,
-            "type": type,
-            "run_id": run_id,
-            "node_id": node_id,
-            "data": data,
-            "timestamp": ts,
-        },
-        separators=(",", ":"),
-        default=str,
-    )
-
-
-def _frame(seq: int, type: str, payload: str) -> bytes:
-    return f"id: {seq}\nevent: {type}\ndata: {payload}\n\n".encode()
-
-
-def _from_row(row: EventRow) -> tuple[int, str, bytes]:
-    payload = _event_json(row.run_id, row.seq, row.type, row.node_id, row.data, row.created_at)
-    return row.seq, row.type, _frame(row.seq, row.type, payload)
-
-
-def _from_event(event: Event) -> tuple[int, str, bytes]:
-    payload = _event_json(
-        event.run_id, event.seq, event.type.value, event.node_id, event.data, event.timestamp
-    )
-    return event.seq, event.type.value, _frame(event.seq, event.type.value, payload)
-
-
-def _in_order(ahead: dict[int, tuple[int, str, bytes]], last: int) -> tuple[bytes, int, bool]:
-    """Take the live events that follow ``last`` without a hole out of ``ahead``: their
-    frames joined (one write), the new last sequence, and whether the terminal one was
-    among them."""
-    frames: list[bytes] = []
-    while last + 1 in ahead:
-        seq, type_, frame = ahead.pop(last + 1)
-        frames.append(frame)
-        last = seq
-        if type_ in TERMINAL_TYPES:
-            return b"".join(frames), last, True
-    return b"".join(frames), last, False
-
-
-async def stream_events(
-    services: Services, run_id: str, after: int, request: Request | None = None
-) -> AsyncIterator[bytes]:
-    """SSE frames of ``run_id`` after sequence ``after``, ending after the terminal one."""
-    subscription = await services.bus.open(run_id)
-    metrics.SSE_CONNECTIONS.inc()
-    heartbeat = services.settings.sse_heartbeat_seconds
-    loop = asyncio.get_running_loop()
-    last = after
-    ahead: dict[int, tuple[int, str, bytes]] = {}  # live events past the log's end
-    idle_since = loop.time()
-    try:
-        yield b": stream open\n\n"
-        read_log = True  # the log is read at the start, on a gap, on overflow, when idle
-        while True:
-            progressed = False
-            if read_log:
-                read_log = False
-                frames: list[bytes] = []  # one write for what is ready, not one per event
-                ended = False
-                for row in await services.store.events_after(run_id, last):
-                    seq, type_, frame = _from_row(row)
-                    if seq != last + 1:
-                        break  # a hole the writer has not filled yet: wait for it
-                    frames.append(frame)
-                    last = seq
-                    if type_ in TERMINAL_TYPES:
-                        ended = True
-                        break
-                if frames:
-                    progressed = True
-                    yield b"".join(frames)
-                if ended:
-                    return
-                if not progressed and last == after:
-                    run = await services.store.get_run(run_id)
-                    if run is None:
-                        return
-                    if (
-                        run.status in TERMINAL
-                        and await services.store.last_event_seq(run_id) <= last
-                    ):
-                        return  # nothing more will come (a run cancelled while queued)
-            ready, last, ended = _in_order(ahead, last)
-            if ready:
-                progressed = True
-                yield ready
-            if ended:
-                return
-            # wait for live events; without any for a while, poll the log
-            event = await subscription.get(POLL)
-            if event is None:
-                read_log = True
-            while event is not None:
-                if event.seq > last:
-                    ahead[event.seq] = _from_event(event)
-                event = subscription.get_nowait()
-            ready, last, ended = _in_order(ahead, last)
-            if ready:
-                progressed = True
-                yield ready
-            if ended:
-                return
-            if ahead or subscription.overflowed:
-                read_log = True  # live events ran ahead of what we have: fill from the log
-                subscription.overflowed = False
-            if progressed:
-                idle_since = loop.time()
-            elif loop.time() - idle_since >= heartbeat:
-                yield b": keepalive\n\n"
-                idle_since = loop.time()
-            if request is not None and await request.is_disconnected():
-                return
-    finally:
-        subscription.close()
-        metrics.SSE_CONNECTIONS.dec()
+SSE = _ServerSentEvents()
 
 
 #: one event of the stream (OpenAPI 3.1: the schema of a text/event-stream is per event)
@@ -234,16 +108,11 @@ async def events(
         start = int(cursor)
     if last_event_id is not None:
         start = _sequence(last_event_id, "Last-Event-ID")
-    run = await services.store.get_run(run_id)
-    if run is None:
-        raise not_found(f"no run {run_id!r}")
     wants_json = (
         accept is not None and "application/json" in accept and ("text/event-stream" not in accept)
     )
     if wants_json:
-        rows = await services.store.events_after(run_id, start, limit=limit + 1)
-        more = len(rows) > limit
-        rows = rows[:limit]
+        page = await services.runs.events(run_id, start, limit)
         return EventPage(
             items=[
                 EventOut(
@@ -254,12 +123,13 @@ async def events(
                     data=r.data,
                     timestamp=r.created_at,
                 )
-                for r in rows
+                for r in page.items
             ],
-            next_cursor=str(rows[-1].seq) if more else None,
+            next_cursor=page.next_cursor,
         )
+    await services.runs.get(run_id)  # 404 before the stream opens
     return StreamingResponse(
-        stream_events(services, run_id, start, request),
+        services.streams.stream(run_id, start, SSE, request.is_disconnected),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -11,7 +11,7 @@ from starlette.convertors import Convertor, register_url_convertor
 
 from app.api.body import CheckedRoute
 from app.api.deps import ServicesDep
-from app.api.errors import not_found, problems
+from app.api.errors import problems
 from app.api.params import Limit, VersionPath, WorkflowCursor, WorkflowIdPath
 from app.api.schemas import (
     JSON_OBJECT_SCHEMA,
@@ -21,13 +21,7 @@ from app.api.schemas import (
     WorkflowPage,
     WorkflowSummary,
 )
-from app.engine import (
-    ValidationIssue,
-    WorkflowValidationError,
-    create_workflow,
-    validate_workflow,
-)
-from app.store.models import WorkflowVersion
+from app.runtime.records import WorkflowRecord
 
 
 class _WorkflowIdConvertor(Convertor[str]):
@@ -45,9 +39,6 @@ class _WorkflowIdConvertor(Convertor[str]):
 
 
 register_url_convertor("workflow_id", _WorkflowIdConvertor())
-#: ids that are paths of this API
-RESERVED_IDS = frozenset({"validate"})
-
 router = APIRouter(
     prefix="/v1/workflows",
     tags=["workflows"],
@@ -77,49 +68,31 @@ DefinitionBody = Annotated[
 ]
 
 
-def workflow_out(row: WorkflowVersion) -> WorkflowOut:
+def workflow_out(record: WorkflowRecord) -> WorkflowOut:
     return WorkflowOut(
-        id=row.workflow_id,
-        version=row.version,
-        name=row.name,
-        archived=row.archived,
-        created_at=row.created_at,
-        definition=row.definition,
+        id=record.workflow_id,
+        version=record.version,
+        name=record.name,
+        archived=record.archived,
+        created_at=record.created_at,
+        definition=record.definition,
     )
-
-
-def _issues(body: dict[str, Any], services: ServicesDep) -> list[ValidationIssue]:
-    """Every problem of a definition posted to the service (which, unlike the engine,
-    names no workflow for you: an id is required)."""
-    issues = validate_workflow(body, limits=services.limits)
-    if "id" not in body:
-        issues.insert(0, ValidationIssue("a workflow needs an id", field="id", code="schema"))
-    elif isinstance(body["id"], str) and body["id"] in RESERVED_IDS:
-        issues.insert(
-            0, ValidationIssue(f"the id {body['id']!r} is reserved", field="id", code="schema")
-        )
-    return issues
 
 
 @router.post("", status_code=201, response_model=WorkflowOut, responses=problems(400, 413))
 async def create(body: DefinitionBody, services: ServicesDep, response: Response) -> WorkflowOut:
     """Store a definition as a new version (re-posting an id makes version n+1)."""
-    issues = _issues(body, services)
-    if issues:
-        raise WorkflowValidationError(issues)  # 422 lists every problem
-    definition = create_workflow(body, limits=services.limits)
-    data = definition.model_dump(mode="json", exclude_none=True)
-    row = await services.store.create_workflow_version(definition.id, definition.name, data)
+    record = await services.workflows.create(body)  # 422 lists every problem
     response.headers["Location"] = (
-        f"/v1/workflows/{quote(row.workflow_id, safe='')}/versions/{row.version}"
+        f"/v1/workflows/{quote(record.workflow_id, safe='')}/versions/{record.version}"
     )
-    return workflow_out(row)
+    return workflow_out(record)
 
 
 @router.post("/validate", response_model=ValidationResult, responses=problems(400, 413))
 async def validate(body: DefinitionBody, services: ServicesDep) -> ValidationResult:
     """Validate a definition without storing it."""
-    issues = _issues(body, services)
+    issues = services.workflows.issues(body)
     return ValidationResult(
         valid=not issues, errors=[Issue.model_validate(i.to_dict()) for i in issues]
     )
@@ -132,7 +105,7 @@ async def list_workflows(
     limit: Limit = 50,
 ) -> WorkflowPage:
     """The latest version of every workflow that is not archived, by id."""
-    page = await services.store.list_workflows(cursor, limit)
+    page = await services.workflows.listing(cursor, limit)
     return WorkflowPage(
         items=[
             WorkflowSummary(
@@ -147,10 +120,7 @@ async def list_workflows(
 @router.get("/{workflow_id:workflow_id}", response_model=WorkflowOut, responses=problems(404))
 async def get_latest(workflow_id: WorkflowIdPath, services: ServicesDep) -> WorkflowOut:
     """The latest version (404 once the workflow is archived)."""
-    row = await services.store.get_workflow(workflow_id)
-    if row is None:
-        raise not_found(f"no workflow {workflow_id!r}")
-    return workflow_out(row)
+    return workflow_out(await services.workflows.latest(workflow_id))
 
 
 @router.get(
@@ -163,17 +133,11 @@ async def get_version(
 ) -> WorkflowOut:
     """One version. An archived workflow's versions are gone from the API, like the
     workflow (its runs keep theirs: they finish, and can be resumed and forked)."""
-    row = await services.store.get_workflow(workflow_id, version, include_archived=True)
-    if row is None:
-        raise not_found(f"no workflow {workflow_id!r} version {version}")
-    if row.archived:
-        raise not_found(f"workflow {workflow_id!r} is archived")
-    return workflow_out(row)
+    return workflow_out(await services.workflows.version(workflow_id, version))
 
 
 @router.delete("/{workflow_id:workflow_id}", status_code=204, responses=problems(404))
 async def archive(workflow_id: WorkflowIdPath, services: ServicesDep) -> Response:
     """Archive a workflow: it no longer starts runs; runs already started finish."""
-    if not await services.store.archive_workflow(workflow_id):
-        raise not_found(f"no workflow {workflow_id!r}")
+    await services.workflows.archive(workflow_id)
     return Response(status_code=204)

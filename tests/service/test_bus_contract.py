@@ -17,11 +17,13 @@ from typing import Any, cast
 
 import pytest
 
-from app.api import events as sse
-from app.api.deps import Services
+from app.api.events import SSE
 from app.bus import EventBus, LocalEventBus, RedisEventBus, RedisWakeups, Subscription
+from app.config import Settings
 from app.engine import Event, EventType
 from app.redis_link import RedisLink
+from app.runtime import streams
+from app.runtime.streams import EventStreams
 from app.store.models import EventRow, Run
 from tests.redis_support import RedisServer, require_redis, unique_prefix
 
@@ -349,33 +351,19 @@ class EventLog:
         return max((r.seq for r in self.rows if r.run_id == run_id), default=0)
 
 
-@dataclass
-class StreamSettings:
-    sse_heartbeat_seconds: float = 15.0
-
-
-@dataclass
-class StreamServices:
-    """What ``stream_events`` reads of ``Services``."""
-
-    store: EventLog
-    bus: EventBus
-    settings: StreamSettings = field(default_factory=StreamSettings)
-
-
 async def test_an_sse_stream_on_one_replica_tails_a_run_on_another_live(
     replicas: tuple[RedisEventBus, RedisEventBus], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b = replicas
     # were the stream fed by polling the log, it would wait 30 s per event and time out
-    monkeypatch.setattr(sse, "POLL", 30.0)
+    monkeypatch.setattr(streams, "POLL", 30.0)
     log = EventLog("r1")
     log.commit(event("r1", 1))
-    services = cast(Services, StreamServices(store=log, bus=b))
+    events = EventStreams(Settings(), cast(Any, log), b)
     frames: list[bytes] = []
 
     async def read() -> None:
-        async for frame in sse.stream_events(services, "r1", 0):
+        async for frame in events.stream("r1", 0, SSE):
             frames.append(frame)
 
     reader = asyncio.get_running_loop().create_task(read())

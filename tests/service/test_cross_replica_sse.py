@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from app.api import events as events_api
+from app.runtime import streams as events_api
 from app.redis_link import RedisLink
 from tests.redis_support import require_redis, unique_prefix
 from tests.service.support import (

@@ -1,0 +1,180 @@
+"""A run's events as one stream: the durable log replayed, then the live feed.
+
+The stream subscribes to the live bus *before* it reads the log, then yields events
+strictly in sequence order: from the log, then from the live subscription, holding back
+live events that run ahead of the log until the log catches up (so there is no gap and no
+duplicate, whichever replica executes the run). With the Redis bus, events of a run
+executing on another replica arrive live too and are yielded as soon as they come. When
+the live subscription overflows (a slow client, a Redis outage) or no live event comes
+(Redis is down, or absent and the run executes elsewhere), the log carries the stream,
+polled every ``POLL`` seconds. Each event carries its sequence number, so a reconnecting
+client resumes exactly after the last one it got.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Protocol
+
+from app.bus import EventBus
+from app.config import Settings
+from app.engine import Event
+from app.engine.events import TERMINAL_EVENTS
+from app.observability import metrics
+from app.store.models import EventRow
+from app.store.repository import TERMINAL, Store
+
+
+class Framing(Protocol):
+    """How a stream's events and comments become bytes on the wire."""
+
+    def event(self, seq: int, type: str, payload: str) -> bytes: ...
+
+    def comment(self, text: str) -> bytes: ...
+
+
+POLL = 0.25
+TERMINAL_TYPES = frozenset(t.value for t in TERMINAL_EVENTS)
+
+
+def _event_json(run_id: str, seq: int, type: str, node_id: str | None, data: Any, ts: float) -> str:
+    return json.dumps(
+        {
+            "seq": seq,
+            "type": type,
+            "run_id": run_id,
+            "node_id": node_id,
+            "data": data,
+            "timestamp": ts,
+        },
+        separators=(",", ":"),
+        default=str,
+    )
+
+
+def _from_row(row: EventRow, framing: Framing) -> tuple[int, str, bytes]:
+    payload = _event_json(row.run_id, row.seq, row.type, row.node_id, row.data, row.created_at)
+    return row.seq, row.type, framing.event(row.seq, row.type, payload)
+
+
+def _from_event(event: Event, framing: Framing) -> tuple[int, str, bytes]:
+    payload = _event_json(
+        event.run_id, event.seq, event.type.value, event.node_id, event.data, event.timestamp
+    )
+    return event.seq, event.type.value, framing.event(event.seq, event.type.value, payload)
+
+
+def _in_order(ahead: dict[int, tuple[int, str, bytes]], last: int) -> tuple[bytes, int, bool]:
+    """Take the live events that follow ``last`` without a hole out of ``ahead``: their
+    frames joined (one write), the new last sequence, and whether the terminal one was
+    among them."""
+    frames: list[bytes] = []
+    while last + 1 in ahead:
+        seq, type_, frame = ahead.pop(last + 1)
+        frames.append(frame)
+        last = seq
+        if type_ in TERMINAL_TYPES:
+            return b"".join(frames), last, True
+    return b"".join(frames), last, False
+
+
+class EventStreams:
+    """The replay-then-live event stream of a run, in whatever framing the caller
+    renders (the API: server-sent events)."""
+
+    def __init__(self, settings: Settings, store: Store, bus: EventBus) -> None:
+        self.settings = settings
+        self.store = store
+        self.bus = bus
+
+    def stream(
+        self,
+        run_id: str,
+        after: int,
+        framing: Framing,
+        disconnected: Callable[[], Awaitable[bool]] | None = None,
+    ) -> AsyncIterator[bytes]:
+        """The frames of ``run_id``'s events after sequence ``after``, ending after the
+        terminal one (or when ``disconnected()`` says the client left)."""
+        return _stream(self, run_id, after, framing, disconnected)
+
+
+async def _stream(
+    streams: EventStreams,
+    run_id: str,
+    after: int,
+    framing: Framing,
+    disconnected: Callable[[], Awaitable[bool]] | None,
+) -> AsyncIterator[bytes]:
+    store = streams.store
+    subscription = await streams.bus.open(run_id)
+    metrics.SSE_CONNECTIONS.inc()
+    heartbeat = streams.settings.sse_heartbeat_seconds
+    loop = asyncio.get_running_loop()
+    last = after
+    ahead: dict[int, tuple[int, str, bytes]] = {}  # live events past the log's end
+    idle_since = loop.time()
+    try:
+        yield framing.comment("stream open")
+        read_log = True  # the log is read at the start, on a gap, on overflow, when idle
+        while True:
+            progressed = False
+            if read_log:
+                read_log = False
+                frames: list[bytes] = []  # one write for what is ready, not one per event
+                ended = False
+                for row in await store.events_after(run_id, last):
+                    seq, type_, frame = _from_row(row, framing)
+                    if seq != last + 1:
+                        break  # a hole the writer has not filled yet: wait for it
+                    frames.append(frame)
+                    last = seq
+                    if type_ in TERMINAL_TYPES:
+                        ended = True
+                        break
+                if frames:
+                    progressed = True
+                    yield b"".join(frames)
+                if ended:
+                    return
+                if not progressed and last == after:
+                    run = await store.get_run(run_id)
+                    if run is None:
+                        return
+                    if run.status in TERMINAL and await store.last_event_seq(run_id) <= last:
+                        return  # nothing more will come (a run cancelled while queued)
+            ready, last, ended = _in_order(ahead, last)
+            if ready:
+                progressed = True
+                yield ready
+            if ended:
+                return
+            # wait for live events; without any for a while, poll the log
+            event = await subscription.get(POLL)
+            if event is None:
+                read_log = True
+            while event is not None:
+                if event.seq > last:
+                    ahead[event.seq] = _from_event(event, framing)
+                event = subscription.get_nowait()
+            ready, last, ended = _in_order(ahead, last)
+            if ready:
+                progressed = True
+                yield ready
+            if ended:
+                return
+            if ahead or subscription.overflowed:
+                read_log = True  # live events ran ahead of what we have: fill from the log
+                subscription.overflowed = False
+            if progressed:
+                idle_since = loop.time()
+            elif loop.time() - idle_since >= heartbeat:
+                yield framing.comment("keepalive")
+                idle_since = loop.time()
+            if disconnected is not None and await disconnected():
+                return
+    finally:
+        subscription.close()
+        metrics.SSE_CONNECTIONS.dec()
