@@ -29,6 +29,7 @@ test: dev  ## the whole suite: lint, types, tests
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 bench: $(UV)  ## benchmark tables (engine vs asyncio floor vs LangGraph)

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from app.runtime import streams as events_api
 from app.redis_link import RedisLink
+from app.runtime import streams as events_api
 from tests.redis_support import require_redis, unique_prefix
 from tests.service.support import (
     MakeSettings,

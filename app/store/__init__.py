@@ -1,0 +1,1 @@
+"""The store: every database operation of the service (see ``repository``)."""
