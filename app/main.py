@@ -173,7 +173,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if redis is not None:
             redis_bus = RedisEventBus(redis, settings.replica_id)
             if settings.redis_wakeups or (settings.redis_wakeups is None and not store.postgres):
-                wakeups = RedisWakeups(redis_bus, store)
+                wakeups = RedisWakeups(redis_bus, store.notifier)
             bus = redis_bus
         else:
             bus = LocalEventBus()
@@ -206,7 +206,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             if dispatcher is not None:
-                await dispatcher.stop()  # its "run:released" wake-up still goes out
+                await dispatcher.stop()  # its RunQueued(RELEASED) wake-up still goes out
             if wakeups is not None:
                 await wakeups.close()
             await bus.close()  # sends what is left in the outbox

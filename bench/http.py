@@ -59,6 +59,7 @@ from app.engine import create_workflow
 from app.runtime.dispatcher import Dispatcher
 from app.store.db import create_engine
 from app.store.models import NodeResultRow, Run, WorkflowVersion
+from app.store.notifications import Notification, RunFinished
 from app.store.repository import Store
 from bench._service import (
     backend_cpu,
@@ -236,7 +237,7 @@ class InProcessService:
         self._waiting: dict[str, asyncio.Future[str | None]] = {}
         #: run id -> outcome, of the runs of the batch being measured
         self.submitted: dict[str, Outcome] = {}
-        self.store.local_listeners.append(self._on_notification)
+        self.store.notifier.subscribe(self._on_notification)
         self._log = logging.getLogger("flowcore.runtime")
         self._handler = _Capture(self._on_log)
 
@@ -248,9 +249,12 @@ class InProcessService:
             message = record.getMessage() + (f": {error!r}" if error is not None else "")
             future.set_result(message)
 
-    def _on_notification(self, payload: str) -> None:
-        kind, _, run_id = payload.partition(":")
-        future = self._waiting.get(run_id) if kind == "done" else None
+    def _on_notification(self, notification: Notification) -> None:
+        future = (
+            self._waiting.get(notification.run_id)
+            if isinstance(notification, RunFinished)
+            else None
+        )
         if future is not None and not future.done():
             future.set_result(None)  # its outcome is committed
 

@@ -44,6 +44,7 @@ from app.observability import metrics
 from app.runtime.definitions import DefinitionCache
 from app.runtime.journal import RunJournal
 from app.store.models import Run
+from app.store.notifications import Notification, RunControl
 from app.store.repository import Lease, LeaseLost, Store
 
 logger = logging.getLogger("flowcore.runtime")
@@ -111,7 +112,7 @@ class Dispatcher:
         #: when the first parked run is due, as last learned (None: no timer known)
         self._next_wake: float | None = None
         self._wake_checked = 0.0
-        store.local_listeners.append(self._on_notification)
+        store.notifier.subscribe(self._on_notification)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -147,8 +148,7 @@ class Dispatcher:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await run.task
         await self.store.unlisten()
-        with contextlib.suppress(ValueError):
-            self.store.local_listeners.remove(self._on_notification)
+        self.store.notifier.unsubscribe(self._on_notification)
 
     async def _release(self, run_ids: list[str]) -> None:
         if run_ids:
@@ -157,14 +157,12 @@ class Dispatcher:
 
     # -------------------------------------------------------------- notifications
 
-    def _on_notification(self, payload: str) -> None:
-        kind, _, run_id = payload.partition(":")
-        if kind == "run":
+    def _on_notification(self, notification: Notification) -> None:
+        if isinstance(notification, RunControl):
+            if notification.run_id in self.active:
+                asyncio.get_running_loop().create_task(self._control(notification.run_id))
+        else:  # a run to claim, or a slot may have freed up elsewhere: cheap to look
             self._wake.set()
-        elif kind == "ctl" and run_id in self.active:
-            asyncio.get_running_loop().create_task(self._control(run_id))
-        elif kind == "done":
-            self._wake.set()  # a slot may have freed up elsewhere; cheap to look
 
     async def _control(self, run_id: str) -> None:
         """A run of this replica was signalled, cancelled or resumed elsewhere."""

@@ -29,6 +29,7 @@ from app.runtime.records import (
     RunTrace,
 )
 from app.store.models import Run
+from app.store.notifications import Notification, RunFinished
 from app.store.repository import TERMINAL, Store
 
 #: knobs the service decides for every run: a run is always checkpointed (that is what
@@ -139,11 +140,11 @@ class RunService:
         with a slow poll as the fallback); the run, or None if it is gone."""
         done = asyncio.Event()
 
-        def listener(payload: str) -> None:
-            if payload == f"done:{run_id}":
+        def listener(notification: Notification) -> None:
+            if isinstance(notification, RunFinished) and notification.run_id == run_id:
                 done.set()
 
-        self.store.local_listeners.append(listener)
+        self.store.notifier.subscribe(listener)
         try:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + seconds
@@ -159,7 +160,7 @@ class RunService:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(done.wait(), min(remaining, 0.5))
         finally:
-            self.store.local_listeners.remove(listener)
+            self.store.notifier.unsubscribe(listener)
 
     # ---------------------------------------------------------------------- reading
 

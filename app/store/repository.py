@@ -23,7 +23,7 @@ import contextlib
 import math
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -47,6 +47,17 @@ from app.store.db import (
     sessionmaker,
 )
 from app.store.models import CheckpointRow, EventRow, NodeResultRow, Run, SignalRow, WorkflowVersion
+from app.store.notifications import (
+    FINISHED,
+    QUEUED,
+    RELEASED,
+    Notification,
+    Notifier,
+    RunControl,
+    RunFinished,
+    RunQueued,
+    encode,
+)
 
 NOTIFY_CHANNEL = "flowcore"
 #: the id in a paging cursor: what run and workflow ids are made of
@@ -120,12 +131,9 @@ class Store:
         #: SQLite: the turn bulk event commits and lease heartbeats take (``_turn``)
         self._write_turn = asyncio.Lock()
         self.postgres = is_postgres(engine)
-        #: called with a notification payload when this process changes the queue
-        #: (SQLite has no LISTEN/NOTIFY; on Postgres the listener calls it too)
-        self.local_listeners: list[Callable[[str], None]] = []
-        #: called with the same payloads after their commit, to tell other replicas by
-        #: another channel than LISTEN/NOTIFY (Redis, when configured)
-        self.broadcasters: list[Callable[[str], None]] = []
+        #: what this store's changes tell this process (and, through relays such as
+        #: Redis, the other replicas; on Postgres, NOTIFY reaches them too)
+        self.notifier = Notifier()
         self._inserts: dict[Any, Any] = {}
         self._listener: Any = None
         #: Postgres: the asyncpg pool of the hot path (see ``_pg``), opened on first use
@@ -199,32 +207,24 @@ class Store:
             self._inserts[model] = statement
         return statement
 
-    async def _notify(self, session: AsyncSession | AsyncConnection, payload: str) -> None:
+    async def _notify(
+        self, session: AsyncSession | AsyncConnection, notification: Notification
+    ) -> None:
         if self.postgres:  # delivered to every listener when the transaction commits
             await session.execute(
                 text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": NOTIFY_CHANNEL, "payload": payload},
+                {"channel": NOTIFY_CHANNEL, "payload": encode(notification)},
             )
 
-    def dispatch_notification(self, payload: str) -> None:
-        """Hand a notification (local, or from LISTEN) to this process's listeners."""
-        self._notify_local(payload)
-
-    def _announce(self, payload: str) -> None:
+    def _announce(self, notification: Notification) -> None:
         """After a commit: this process's listeners, then the other replicas' channels."""
-        self._notify_local(payload)
-        for broadcast in self.broadcasters:
-            broadcast(payload)
-
-    def _notify_local(self, payload: str) -> None:
-        for listener in self.local_listeners:
-            listener(payload)
+        self.notifier.announce(notification)
 
     # ------------------------------------------------------------- notifications
 
     async def listen(self) -> bool:
         """Postgres: LISTEN on a dedicated connection (outside the pool) and hand every
-        notification to ``dispatch_notification``. False when it is not possible (SQLite,
+        notification to the notifier. False when it is not possible (SQLite,
         or the server refused): callers then rely on polling and local notifications."""
         if not self.postgres or self._listener is not None:
             return self._listener is not None
@@ -237,7 +237,7 @@ class Store:
             return False
 
         def forward(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            self.dispatch_notification(payload)
+            self.notifier.deliver(payload)
 
         await connection.add_listener(NOTIFY_CHANNEL, forward)
         self._listener = connection
@@ -418,7 +418,7 @@ class Store:
             return await self._pg_create_run(row)
         async with self._write() as session:
             session.add(row)
-            await self._notify(session, f"run:{run_id}")
+            await self._notify(session, RunQueued(run_id))
             try:
                 await session.commit()
             except IntegrityError:
@@ -435,7 +435,7 @@ class Store:
                         f"Idempotency-Key {idempotency_key!r} was used for a different request"
                     ) from None
                 return existing, False
-        self._announce(f"run:{run_id}")
+        self._announce(RunQueued(run_id))
         return row, True
 
     async def _pg_create_run(self, row: Run) -> tuple[Run, bool]:
@@ -466,7 +466,7 @@ class Store:
                     f"Idempotency-Key {key!r} was used for a different request"
                 ) from None
             return existing, False
-        self._announce(f"run:{row.id}")
+        self._announce(RunQueued(row.id))
         return row, True
 
     async def count_queued(self) -> int:
@@ -556,10 +556,10 @@ class Store:
                 run.error = {"message": "the run was cancelled", "kind": "cancelled"}
                 run.event_seq = seq
                 _let_go(run)
-                announce = f"done:{run_id}"
+                announce: Notification = RunFinished(run_id)
             elif run.status in ACTIVE:
                 run.cancel_requested = True
-                announce = f"ctl:{run_id}"
+                announce = RunControl(run_id)
             else:
                 raise InvalidTransition(f"run {run_id!r} is {run.status}; it cannot be cancelled")
             run.updated_at = now
@@ -591,13 +591,13 @@ class Store:
                 )
             )
             woke = await self._wake_parked(session, run_id)
-            await self._notify(session, f"ctl:{run_id}")
+            await self._notify(session, RunControl(run_id))
             if woke:
-                await self._notify(session, f"run:{run_id}")
+                await self._notify(session, RunQueued(run_id))
             await session.commit()
-        self._announce(f"ctl:{run_id}")
+        self._announce(RunControl(run_id))
         if woke:
-            self._announce(f"run:{run_id}")
+            self._announce(RunQueued(run_id))
         return run
 
     async def _wake_parked(self, session: AsyncSession, run_id: str) -> bool:
@@ -630,10 +630,10 @@ class Store:
             )
             woke = await self._wake_parked(session, run_id)
             if woke:
-                await self._notify(session, f"run:{run_id}")
+                await self._notify(session, RunQueued(run_id))
             await session.commit()
         if woke:
-            self._announce(f"run:{run_id}")
+            self._announce(RunQueued(run_id))
 
     async def take_signals(self, run_ids: Sequence[str]) -> list[SignalRow]:
         """Undelivered signals of these runs, marked delivered (in arrival order)."""
@@ -683,11 +683,11 @@ class Store:
             run.updated_at = time.time()
             # ctl: the replica executing it now (if any) stops at once, not at its next
             # heartbeat; run: any replica claims it
-            await self._notify(session, f"ctl:{run_id}")
-            await self._notify(session, f"run:{run_id}")
+            await self._notify(session, RunControl(run_id))
+            await self._notify(session, RunQueued(run_id))
             await session.commit()
-        self._announce(f"ctl:{run_id}")
-        self._announce(f"run:{run_id}")
+        self._announce(RunControl(run_id))
+        self._announce(RunQueued(run_id))
         return run
 
     # ----------------------------------------------------------------- dispatcher
@@ -824,9 +824,9 @@ class Store:
                     updated_at=time.time(),
                 )
             )
-            await self._notify(session, "run:released")
+            await self._notify(session, RunQueued(RELEASED))
             await session.commit()
-        self._announce("run:released")
+        self._announce(RunQueued(RELEASED))
         return _rowcount(result)
 
     # ------------------------------------------------------------ fenced progress
@@ -955,7 +955,7 @@ class Store:
         if not await pool.fetchval(sql, *args):
             raise LeaseLost(f"run {run_id!r} is no longer held by {lease.owner!r}")
         if outcome is not None:
-            self._announce(f"done:{run_id}")
+            self._announce(RunFinished(run_id))
 
     async def _commit_progress(
         self,
@@ -1056,9 +1056,9 @@ class Store:
                     ],
                 )
             if outcome is not None:
-                await self._notify(conn, f"done:{lease.run_id}")
+                await self._notify(conn, RunFinished(lease.run_id))
         if outcome is not None:
-            self._announce(f"done:{lease.run_id}")
+            self._announce(RunFinished(lease.run_id))
 
     async def finish_run(
         self,
@@ -1102,7 +1102,7 @@ class Store:
             )
             if not done:
                 raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
-            self._announce(f"done:{lease.run_id}")
+            self._announce(RunFinished(lease.run_id))
             return
         async with self._write() as session:
             if parked:
@@ -1148,9 +1148,9 @@ class Store:
             if not _rowcount(result):
                 await session.rollback()
                 raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
-            await self._notify(session, f"done:{lease.run_id}")
+            await self._notify(session, RunFinished(lease.run_id))
             await session.commit()
-        self._announce(f"done:{lease.run_id}")
+        self._announce(RunFinished(lease.run_id))
 
     async def fail_run(self, lease: Lease, error: dict[str, Any]) -> None:
         """Record that a run failed for a reason its journal could not write (its state
@@ -1184,9 +1184,9 @@ class Store:
             run.updated_at = now
             run.event_seq = seq
             _let_go(run)
-            await self._notify(session, f"done:{lease.run_id}")
+            await self._notify(session, RunFinished(lease.run_id))
             await session.commit()
-        self._announce(f"done:{lease.run_id}")
+        self._announce(RunFinished(lease.run_id))
 
     async def next_wake_at(self) -> float | None:
         """When the first parked run is due (None: none waits on a timer)."""
@@ -1313,7 +1313,7 @@ _WORKFLOW_COLUMNS = ", ".join(column.name for column in WorkflowVersion.__table_
 _PG_NOW = "extract(epoch FROM clock_timestamp())::float8"
 _PG_ACTIVE = "('running', 'waiting')"
 
-_PG_CREATE_RUN = """
+_PG_CREATE_RUN = f"""
 WITH created AS (
     INSERT INTO runs (id, workflow_id, workflow_version, status, input, config,
         idempotency_key, request_hash, created_at, updated_at, epoch, claims, event_seq,
@@ -1322,7 +1322,7 @@ WITH created AS (
         $10::jsonb, false)
     RETURNING id
 )
-SELECT pg_notify($11, 'run:' || id) FROM created
+SELECT pg_notify($11, '{QUEUED}' || id) FROM created
 """
 _PG_GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1"
 _PG_RUN_BY_KEY = f"SELECT {_RUN_COLUMNS} FROM runs WHERE idempotency_key = $1"
@@ -1370,7 +1370,7 @@ WITH finished AS (
     WHERE id = $1 AND owner = $2 AND epoch = $3 AND status = ANY($4::text[])
     RETURNING id
 )
-SELECT count(pg_notify($10, 'done:' || id)) FROM finished
+SELECT count(pg_notify($10, '{FINISHED}' || id)) FROM finished
 """
 _PG_EVENTS = (
     "SELECT run_id, seq, type, node_id, data, created_at FROM events "
@@ -1452,7 +1452,7 @@ def _pg_progress_sql(
             "ON CONFLICT DO NOTHING)"
         )
     if outcome:
-        select = f"SELECT count(pg_notify({notify}, 'done:' || id)) FROM fence"
+        select = f"SELECT count(pg_notify({notify}, '{FINISHED}' || id)) FROM fence"
     else:
         select = "SELECT count(*) FROM fence"
     return ",\n".join(parts) + "\n" + select

@@ -25,6 +25,13 @@ from app.redis_link import RedisLink
 from app.runtime import streams
 from app.runtime.streams import EventStreams
 from app.store.models import EventRow, Run
+from app.store.notifications import (
+    Notification,
+    Notifier,
+    RunControl,
+    RunFinished,
+    RunQueued,
+)
 from tests.redis_support import RedisServer, require_redis, unique_prefix
 
 #: generous: a deadline for things that normally take milliseconds
@@ -385,41 +392,31 @@ async def test_an_sse_stream_on_one_replica_tails_a_run_on_another_live(
     assert b.subscriber_count() == 0
 
 
-class FakeStore:
-    """The store's notification port: broadcasters out, ``dispatch_notification`` in."""
-
-    def __init__(self) -> None:
-        self.broadcasters: list[Callable[[str], None]] = []
-        self.dispatched: list[str] = []
-
-    def dispatch_notification(self, payload: str) -> None:
-        self.dispatched.append(payload)
-
-    def announce(self, payload: str) -> None:
-        """What ``Store`` does after a commit."""
-        for broadcast in self.broadcasters:
-            broadcast(payload)
-
-
 async def test_wakeups_cross_between_replicas_and_not_back(
     replicas: tuple[RedisEventBus, RedisEventBus],
 ) -> None:
     a, b = replicas
-    store_a, store_b = FakeStore(), FakeStore()
-    wakeups = [RedisWakeups(a, store_a), RedisWakeups(b, store_b)]
+    hub_a, hub_b = Notifier(), Notifier()
+    got_a: list[Notification] = []
+    got_b: list[Notification] = []
+    hub_a.subscribe(got_a.append)
+    hub_b.subscribe(got_b.append)
+    wakeups = [RedisWakeups(a, hub_a), RedisWakeups(b, hub_b)]
     for wakeup in wakeups:
         await wakeup.start()
-    store_a.announce("run:r1")
-    store_a.announce("ctl:r1")
-    await until(lambda: len(store_b.dispatched) == 2, "the wake-ups on B")
-    assert store_b.dispatched == ["run:r1", "ctl:r1"]
-    store_b.announce("done:r1")
-    await until(lambda: bool(store_a.dispatched), "the wake-up on A")
-    assert store_a.dispatched == ["done:r1"]  # not its own two
-    assert store_b.dispatched == ["run:r1", "ctl:r1"]
+    hub_a.announce(RunQueued("r1"))
+    hub_a.announce(RunControl("r1"))
+    await until(lambda: len(got_b) == 2, "the wake-ups on B")
+    assert got_b == [RunQueued("r1"), RunControl("r1")]
+    hub_b.announce(RunFinished("r1"))
+    await until(lambda: len(got_a) == 3, "the wake-up on A")
+    # A heard its own two (in process) and B's one, not its own back over Redis
+    assert got_a == [RunQueued("r1"), RunControl("r1"), RunFinished("r1")]
+    assert got_b == [RunQueued("r1"), RunControl("r1"), RunFinished("r1")]
     for wakeup in wakeups:
         await wakeup.close()
-    assert store_a.broadcasters == [] == store_b.broadcasters
+    hub_a.announce(RunQueued("r2"))
+    assert got_b[-1] == RunFinished("r1")  # closed: nothing crosses any more
 
 
 # ------------------------------------------------------- a Redis that fails
@@ -470,8 +467,10 @@ async def test_a_failing_redis_degrades_to_local_delivery_then_recovers(
     outage: str,
 ) -> None:
     a, b = private_replicas
-    store_a, store_b = FakeStore(), FakeStore()
-    wakeups = [RedisWakeups(a, store_a), RedisWakeups(b, store_b)]
+    hub_a, hub_b = Notifier(), Notifier()
+    got_a: list[Notification] = []
+    hub_a.subscribe(got_a.append)
+    wakeups = [RedisWakeups(a, hub_a), RedisWakeups(b, hub_b)]
     for wakeup in wakeups:
         await wakeup.start()
     local, remote = await a.open("r1"), await b.open("r1")
@@ -487,7 +486,7 @@ async def test_a_failing_redis_degrades_to_local_delivery_then_recovers(
         # the run's replica keeps serving its own subscribers; nothing raises or waits
         for seq in range(2, 102):
             a.publish("r1", event("r1", seq))
-            store_a.announce(f"run:{seq}")
+            hub_a.announce(RunQueued(str(seq)))
         assert seqs(await collect(local, 101)) == list(range(2, 102))
         await until(lambda: not a.link.up, "A noticing the outage")
         await until(lambda: not b.link.up, "B noticing the outage")
@@ -508,7 +507,7 @@ async def test_a_failing_redis_degrades_to_local_delivery_then_recovers(
     # every channel with subscribers is subscribed again, on a new connection
     assert (await delivered_across(a, remote, "r1"))[0].run_id == "r1"
     assert (await delivered_across(a, late, "r2"))[0].run_id == "r2"
-    store_b.announce("done:after")
-    await until(lambda: "done:after" in store_a.dispatched, "a wake-up after the recovery")
+    hub_b.announce(RunFinished("after"))
+    await until(lambda: RunFinished("after") in got_a, "a wake-up after the recovery")
     for wakeup in wakeups:
         await wakeup.close()
