@@ -43,9 +43,10 @@ from app.engine.values import clean_text
 from app.observability import metrics
 from app.runtime.definitions import DefinitionCache
 from app.runtime.journal import RunJournal
+from app.store.errors import LeaseLost
 from app.store.models import Run
 from app.store.notifications import Notification, RunControl
-from app.store.repository import Lease, LeaseLost, Store
+from app.store.repository import Lease, Store
 
 logger = logging.getLogger("flowcore.runtime")
 

@@ -16,7 +16,7 @@ layer never imports the store.
 from __future__ import annotations
 
 from app.engine import ValidationIssue
-from app.store.repository import (
+from app.store.errors import (
     IdempotencyConflict,
     InvalidCursor,
     InvalidTransition,

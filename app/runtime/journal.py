@@ -40,7 +40,9 @@ from app.engine.checkpoint import (
 )
 from app.engine.checkpoint import chain_to as checkpoint_chain
 from app.observability import metrics
-from app.store.repository import TERMINAL, Lease, LeaseLost, Store
+from app.store.errors import LeaseLost
+from app.store.lifecycle import TERMINAL
+from app.store.repository import Lease, Store
 
 logger = logging.getLogger("flowcore.runtime")
 

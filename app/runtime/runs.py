@@ -28,9 +28,10 @@ from app.runtime.records import (
     RunState,
     RunTrace,
 )
+from app.store.lifecycle import TERMINAL
 from app.store.models import Run
 from app.store.notifications import Notification, RunFinished
-from app.store.repository import TERMINAL, Store
+from app.store.repository import Store
 
 #: knobs the service decides for every run: a run is always checkpointed (that is what
 #: makes it durable), and code cannot travel in a request

@@ -23,8 +23,9 @@ from app.config import Settings
 from app.engine import Event
 from app.engine.events import TERMINAL_EVENTS
 from app.observability import metrics
+from app.store.lifecycle import TERMINAL
 from app.store.models import EventRow
-from app.store.repository import TERMINAL, Store
+from app.store.repository import Store
 
 
 class Framing(Protocol):

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 logger = logging.getLogger("flowcore.store")
 
 #: the wire prefixes (the Postgres statements build their payloads from these)
-QUEUED = "run:"
-CONTROL = "ctl:"
-FINISHED = "done:"
+QUEUED_PREFIX = "run:"
+CONTROL_PREFIX = "ctl:"
+FINISHED_PREFIX = "done:"
 #: the run id of a RunQueued that stands for several runs (released at shutdown)
 RELEASED = "released"
 
@@ -57,9 +57,9 @@ class RunFinished:
 
 Notification = RunQueued | RunControl | RunFinished
 _PREFIXES: dict[type[Notification], str] = {
-    RunQueued: QUEUED,
-    RunControl: CONTROL,
-    RunFinished: FINISHED,
+    RunQueued: QUEUED_PREFIX,
+    RunControl: CONTROL_PREFIX,
+    RunFinished: FINISHED_PREFIX,
 }
 _KINDS = {prefix: kind for kind, prefix in _PREFIXES.items()}
 

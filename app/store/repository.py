@@ -1,19 +1,11 @@
 """``Store``: every database operation of the service, each one named and owning its
 transaction. No session leaves this module.
 
-Run states change only through :data:`TRANSITIONS` with compare-and-set updates, and
-every write made on behalf of a running run is *fenced* on the run's lease (owner and
-epoch): a replica that lost its lease (paused past it, or its run was taken over) writes
-nothing and learns so from :class:`LeaseLost`.
-
-Errors::
-
-    StoreError
-    ├── NotFound
-    ├── IdempotencyConflict     same Idempotency-Key, different request
-    ├── InvalidTransition       e.g. cancelling a finished run
-    ├── InvalidCursor           a paging cursor this store did not hand out
-    └── LeaseLost               a fenced write found another owner or epoch
+Run statuses change only through ``lifecycle.TRANSITIONS``, with compare-and-set
+updates whose sources come from there, and every write made on behalf of a running run
+is *fenced* on the run's lease (owner and epoch): a replica that lost its lease (paused
+past it, or its run was taken over) writes nothing and learns so from
+:class:`LeaseLost`. The errors are ``app.store.errors``.
 """
 
 from __future__ import annotations
@@ -46,10 +38,32 @@ from app.store.db import (
     ping,
     sessionmaker,
 )
+from app.store.errors import (
+    IdempotencyConflict,
+    InvalidCursor,
+    InvalidTransition,
+    LeaseLost,
+    NotFound,
+    StoreError,
+)
+from app.store.lifecycle import (
+    ACTIVE,
+    CANCELLED,
+    FAILED,
+    LET_GO,
+    QUEUED,
+    RUNNING,
+    TERMINAL,
+    WAITING,
+    let_go,
+    require,
+    sources_of,
+    sql_list,
+)
 from app.store.models import CheckpointRow, EventRow, NodeResultRow, Run, SignalRow, WorkflowVersion
 from app.store.notifications import (
-    FINISHED,
-    QUEUED,
+    FINISHED_PREFIX,
+    QUEUED_PREFIX,
     RELEASED,
     Notification,
     Notifier,
@@ -62,47 +76,6 @@ from app.store.notifications import (
 NOTIFY_CHANNEL = "flowcore"
 #: the id in a paging cursor: what run and workflow ids are made of
 _CURSOR_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
-
-#: status -> the statuses a run may move to from it
-TRANSITIONS: dict[str, frozenset[str]] = {
-    "queued": frozenset({"running", "cancelled"}),
-    "running": frozenset({"waiting", "succeeded", "failed", "cancelled", "queued"}),
-    "waiting": frozenset({"running", "succeeded", "failed", "cancelled", "queued"}),
-    "failed": frozenset({"queued"}),
-    "cancelled": frozenset({"queued"}),
-    "succeeded": frozenset(),
-}
-ACTIVE = ("running", "waiting")
-TERMINAL = ("succeeded", "failed", "cancelled")
-
-
-def sources_of(target: str) -> list[str]:
-    """The statuses from which a run may move to ``target``."""
-    return sorted(s for s, targets in TRANSITIONS.items() if target in targets)
-
-
-class StoreError(Exception):
-    """Base of the store's errors."""
-
-
-class NotFound(StoreError):
-    pass
-
-
-class IdempotencyConflict(StoreError):
-    pass
-
-
-class InvalidTransition(StoreError):
-    pass
-
-
-class LeaseLost(StoreError):
-    pass
-
-
-class InvalidCursor(StoreError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,7 +372,7 @@ class Store:
             id=run_id,
             workflow_id=workflow.workflow_id,
             workflow_version=workflow.version,
-            status="queued",
+            status=QUEUED,
             input=input,
             config=config,
             idempotency_key=idempotency_key,
@@ -472,10 +445,10 @@ class Store:
     async def count_queued(self) -> int:
         if self.postgres:
             pool = await self._pg()
-            return int(await pool.fetchval("SELECT count(*) FROM runs WHERE status = 'queued'"))
+            return int(await pool.fetchval(_PG_COUNT_QUEUED))
         async with self._read() as session:
             value = (
-                await session.execute(select(func.count()).where(Run.status == "queued"))
+                await session.execute(select(func.count()).where(Run.status == QUEUED))
             ).scalar_one()
             return int(value)
 
@@ -539,7 +512,8 @@ class Store:
             if run is None:
                 raise NotFound(f"no run {run_id!r}")
             now = time.time()
-            if run.status == "queued" or (run.status == "waiting" and run.owner is None):
+            if run.status == QUEUED or (run.status == WAITING and run.owner is None):
+                require(run.status, CANCELLED, run_id)
                 seq = await self._last_seq(session, run_id) + 1
                 session.add(
                     EventRow(
@@ -551,17 +525,21 @@ class Store:
                         created_at=now,
                     )
                 )
-                run.status = "cancelled"
+                run.status = CANCELLED
                 run.finished_at = now
                 run.error = {"message": "the run was cancelled", "kind": "cancelled"}
                 run.event_seq = seq
-                _let_go(run)
+                let_go(run)
                 announce: Notification = RunFinished(run_id)
-            elif run.status in ACTIVE:
-                run.cancel_requested = True
-                announce = RunControl(run_id)
             else:
-                raise InvalidTransition(f"run {run_id!r} is {run.status}; it cannot be cancelled")
+                require(
+                    run.status,
+                    CANCELLED,
+                    run_id,
+                    f"run {run_id!r} is {run.status}; it cannot be cancelled",
+                )
+                run.cancel_requested = True  # its replica cancels it
+                announce = RunControl(run_id)
             run.updated_at = now
             await self._notify(session, announce)
             await session.commit()
@@ -607,7 +585,7 @@ class Store:
             update(Run)
             .where(
                 Run.id == run_id,
-                Run.status == "waiting",
+                Run.status == WAITING,
                 Run.parked.is_(True),
                 or_(Run.wake_at.is_(None), Run.wake_at > now),
             )
@@ -664,12 +642,14 @@ class Store:
             run = await session.get(Run, run_id, with_for_update=True)
             if run is None:
                 raise NotFound(f"no run {run_id!r}")
-            if "queued" not in TRANSITIONS[run.status]:
-                raise InvalidTransition(
-                    f"run {run_id!r} is {run.status}; only failed, cancelled, waiting or "
-                    "interrupted runs can be resumed in place (fork a finished one)"
-                )
-            run.status = "queued"
+            require(
+                run.status,
+                QUEUED,
+                run_id,
+                f"run {run_id!r} is {run.status}; only failed, cancelled, waiting or "
+                "interrupted runs can be resumed in place (fork a finished one)",
+            )
+            run.status = QUEUED
             run.resume_from = checkpoint_id
             run.vars_patch = vars_patch
             run.owner = None
@@ -711,10 +691,10 @@ class Store:
                         select(Run.id)
                         .where(
                             or_(
-                                Run.status == "queued",
+                                Run.status == QUEUED,
                                 and_(Run.status.in_(ACTIVE), Run.lease_until < now),
                                 and_(
-                                    Run.status == "waiting",
+                                    Run.status == WAITING,
                                     Run.parked.is_(True),
                                     Run.wake_at <= now,
                                 ),
@@ -735,7 +715,7 @@ class Store:
                         update(Run)
                         .where(Run.id.in_(ids))
                         .values(
-                            status="running",
+                            status=RUNNING,
                             owner=owner,
                             lease_until=now + lease_seconds,
                             epoch=Run.epoch + 1,
@@ -817,7 +797,7 @@ class Store:
                 query = query.where(Run.id.in_(list(run_ids)))
             result = await session.execute(
                 query.values(
-                    status="queued",
+                    status=QUEUED,
                     owner=None,
                     lease_until=None,
                     epoch=Run.epoch + 1,
@@ -986,18 +966,7 @@ class Store:
             final, output, error = outcome
             if final not in TERMINAL:
                 raise InvalidTransition(f"{final!r} is not a terminal status")
-            values.update(
-                status=final,
-                output=output,
-                error=error,
-                finished_at=now,
-                owner=None,
-                lease_until=None,
-                cancel_requested=False,
-                resume_from=None,
-                vars_patch=None,
-                current_nodes=[],
-            )
+            values.update(LET_GO, status=final, output=output, error=error, finished_at=now)
         # a Core connection, not an ORM session: this is the hot path of every run
         turn: contextlib.AbstractAsyncContextManager[None] = (
             self._turn() if bulk else contextlib.nullcontext()
@@ -1075,14 +1044,11 @@ class Store:
         ``parked`` (with status ``waiting``): the run left the replica and is claimed
         again at ``wake_at`` (None: when a signal comes). A signal that is already
         waiting for it, or a cancellation requested meanwhile, makes it due at once."""
-        if status not in TERMINAL and status != "waiting":
+        if status not in TERMINAL and status != WAITING:
             raise InvalidTransition(f"{status!r} is not an outcome")
-        if parked and status != "waiting":
+        if parked and status != WAITING:
             raise InvalidTransition("only a waiting run parks")
         sources = sources_of(status)
-        if status == "waiting":
-            # its last checkpoint may have said so already: this write drops the lease
-            sources.append("waiting")
         if self.postgres:  # the fenced UPDATE and its notification in one statement
             pool = await self._pg()
             done = await pool.fetchval(
@@ -1128,21 +1094,20 @@ class Store:
                     Run.status.in_(sources),
                 )
                 .values(
-                    status=status,
-                    output=output,
-                    error=error,
-                    finished_at=time.time() if status in TERMINAL else None,
-                    # a run stopped waiting (break_on_error) has nothing running: it is
-                    # not leased, and waits for a resume request
-                    owner=None,
-                    lease_until=None,
-                    cancel_requested=Run.cancel_requested if parked else False,
-                    resume_from=None,
-                    vars_patch=None,
-                    current_nodes=[],
-                    updated_at=time.time(),
-                    parked=parked,
-                    wake_at=wake_at if parked else None,
+                    {
+                        # a run stopped waiting (break_on_error) has nothing running: it
+                        # is let go of, and waits for a resume request; a parked one
+                        # keeps a cancellation requested meanwhile (then due at once)
+                        **LET_GO,
+                        "status": status,
+                        "output": output,
+                        "error": error,
+                        "finished_at": time.time() if status in TERMINAL else None,
+                        "cancel_requested": Run.cancel_requested if parked else False,
+                        "updated_at": time.time(),
+                        "parked": parked,
+                        "wake_at": wake_at if parked else None,
+                    }
                 )
             )
             if not _rowcount(result):
@@ -1177,13 +1142,14 @@ class Store:
                     created_at=now,
                 )
             )
-            run.status = "failed"
+            require(run.status, FAILED, lease.run_id)
+            run.status = FAILED
             run.output = None
             run.error = error
             run.finished_at = now
             run.updated_at = now
             run.event_seq = seq
-            _let_go(run)
+            let_go(run)
             await self._notify(session, RunFinished(lease.run_id))
             await session.commit()
         self._announce(RunFinished(lease.run_id))
@@ -1193,9 +1159,7 @@ class Store:
         async with self._read() as session:
             value = (
                 await session.execute(
-                    select(func.min(Run.wake_at)).where(
-                        Run.status == "waiting", Run.parked.is_(True)
-                    )
+                    select(func.min(Run.wake_at)).where(Run.status == WAITING, Run.parked.is_(True))
                 )
             ).scalar_one_or_none()
             return float(value) if value is not None else None
@@ -1260,18 +1224,6 @@ class Store:
             return list((await session.execute(query)).scalars())
 
 
-def _let_go(run: Run) -> None:
-    """What a run that ended no longer has: an owner, a lease, a wake-up, requests."""
-    run.owner = None
-    run.lease_until = None
-    run.cancel_requested = False
-    run.resume_from = None
-    run.vars_patch = None
-    run.current_nodes = []
-    run.parked = False
-    run.wake_at = None
-
-
 def _rowcount(result: Any) -> int:
     """Rows an UPDATE matched (a CursorResult's rowcount)."""
     return int(result.rowcount or 0)
@@ -1311,18 +1263,39 @@ _RUN_COLUMNS = ", ".join(column.name for column in Run.__table__.columns)
 _WORKFLOW_COLUMNS = ", ".join(column.name for column in WorkflowVersion.__table__.columns)
 #: the database clock as epoch seconds (see ``db_now``)
 _PG_NOW = "extract(epoch FROM clock_timestamp())::float8"
-_PG_ACTIVE = "('running', 'waiting')"
+_PG_ACTIVE = sql_list(ACTIVE)
+
+
+def _pg_value(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == []:
+        return "'[]'::jsonb"
+    raise ValueError(f"no SQL literal for {value!r}")
+
+
+#: ``lifecycle.LET_GO`` as SET clauses
+_PG_LET_GO = [f"{name} = {_pg_value(value)}" for name, value in LET_GO.items()]
+#: ... but for the parking columns and the cancellation (``finish_run`` sets those)
+_PG_LET_GO_BUT_PARKING = ", ".join(
+    f"{name} = {_pg_value(value)}"
+    for name, value in LET_GO.items()
+    if name not in ("parked", "wake_at", "cancel_requested")
+)
+_PG_COUNT_QUEUED = f"SELECT count(*) FROM runs WHERE status = '{QUEUED}'"
 
 _PG_CREATE_RUN = f"""
 WITH created AS (
     INSERT INTO runs (id, workflow_id, workflow_version, status, input, config,
         idempotency_key, request_hash, created_at, updated_at, epoch, claims, event_seq,
         checkpoint_seq, fork_of, vars_patch, cancel_requested)
-    VALUES ($1, $2, $3, 'queued', $4::jsonb, $5::jsonb, $6, $7, $8, $8, 0, 0, 0, 0, $9,
+    VALUES ($1, $2, $3, '{QUEUED}', $4::jsonb, $5::jsonb, $6, $7, $8, $8, 0, 0, 0, 0, $9,
         $10::jsonb, false)
     RETURNING id
 )
-SELECT pg_notify($11, '{QUEUED}' || id) FROM created
+SELECT pg_notify($11, '{QUEUED_PREFIX}' || id) FROM created
 """
 _PG_GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1"
 _PG_RUN_BY_KEY = f"SELECT {_RUN_COLUMNS} FROM runs WHERE idempotency_key = $1"
@@ -1334,13 +1307,13 @@ _PG_WORKFLOW_LATEST = (
     "ORDER BY version DESC LIMIT 1"
 )
 _PG_CLAIM = f"""
-UPDATE runs SET status = 'running', owner = $1, lease_until = {_PG_NOW} + $2,
+UPDATE runs SET status = '{RUNNING}', owner = $1, lease_until = {_PG_NOW} + $2,
     epoch = epoch + 1, claims = claims + 1, started_at = coalesce(started_at, {_PG_NOW}),
     updated_at = {_PG_NOW}, parked = false, wake_at = NULL
 WHERE id IN (
     SELECT id FROM runs
-    WHERE status = 'queued' OR (status IN {_PG_ACTIVE} AND lease_until < {_PG_NOW})
-        OR (status = 'waiting' AND parked AND wake_at <= {_PG_NOW})
+    WHERE status = '{QUEUED}' OR (status IN {_PG_ACTIVE} AND lease_until < {_PG_NOW})
+        OR (status = '{WAITING}' AND parked AND wake_at <= {_PG_NOW})
     ORDER BY created_at
     LIMIT $3
     FOR UPDATE SKIP LOCKED
@@ -1361,8 +1334,7 @@ SELECT (SELECT array_agg(id) FROM kept) AS kept,
 _PG_FINISH = f"""
 WITH finished AS (
     UPDATE runs SET status = $5, output = $6::jsonb, error = $7::jsonb, finished_at = $8,
-        owner = NULL, lease_until = NULL, resume_from = NULL,
-        vars_patch = NULL, current_nodes = '[]'::jsonb, updated_at = $9,
+        {_PG_LET_GO_BUT_PARKING}, updated_at = $9,
         parked = $11, cancel_requested = $11 AND cancel_requested,
         wake_at = CASE WHEN $11 AND (cancel_requested OR EXISTS (
             SELECT 1 FROM signals WHERE signals.run_id = $1 AND NOT signals.delivered))
@@ -1370,7 +1342,7 @@ WITH finished AS (
     WHERE id = $1 AND owner = $2 AND epoch = $3 AND status = ANY($4::text[])
     RETURNING id
 )
-SELECT count(pg_notify($10, '{FINISHED}' || id)) FROM finished
+SELECT count(pg_notify($10, '{FINISHED_PREFIX}' || id)) FROM finished
 """
 _PG_EVENTS = (
     "SELECT run_id, seq, type, node_id, data, created_at FROM events "
@@ -1406,12 +1378,7 @@ def _pg_progress_sql(
             f"output = {param()}::jsonb",
             f"error = {param()}::jsonb",
             "finished_at = $4",
-            "owner = NULL",
-            "lease_until = NULL",
-            "cancel_requested = false",
-            "resume_from = NULL",
-            "vars_patch = NULL",
-            "current_nodes = '[]'::jsonb",
+            *_PG_LET_GO,
         ]
         notify = param()
     parts = [
@@ -1452,7 +1419,7 @@ def _pg_progress_sql(
             "ON CONFLICT DO NOTHING)"
         )
     if outcome:
-        select = f"SELECT count(pg_notify({notify}, '{FINISHED}' || id)) FROM fence"
+        select = f"SELECT count(pg_notify({notify}, '{FINISHED_PREFIX}' || id)) FROM fence"
     else:
         select = "SELECT count(*) FROM fence"
     return ",\n".join(parts) + "\n" + select
