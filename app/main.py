@@ -1,37 +1,23 @@
-"""``create_app(settings)``: the composition root. It wires settings, store, bus and
-dispatcher in a typed lifespan; nothing is built at import time."""
+"""``create_app(settings)``: the HTTP app of one replica. Its lifespan builds the
+replica with ``app.runtime.wiring.build`` (the one composition root) and hands the
+service layer to the routers; nothing is built at import time."""
 
 from __future__ import annotations
 
-import asyncio
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import QueuePool
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api import checkpoints, events, health, runs, workflows
 from app.api.deps import Services
 from app.api.errors import document_problems, problem
 from app.api.errors import install as install_errors
-from app.bus import EventBus, LocalEventBus, RedisEventBus, RedisWakeups
-from app.cache import MeteredBreakers, RedisCircuitBreakers, ServiceCache
 from app.config import Settings
-from app.observability import metrics
 from app.observability.metrics import HttpMetrics
-from app.redis_link import RedisLink
-from app.runtime.definitions import DefinitionCache
-from app.runtime.dispatcher import Dispatcher
-from app.runtime.health import HealthService
-from app.runtime.runs import RunService
-from app.runtime.streams import EventStreams
-from app.runtime.workflows import WorkflowService
-from app.store.db import create_engine
-from app.store.migrate import head_revision
-from app.store.repository import Store
+from app.runtime.wiring import build
 
 
 class BodyLimit:
@@ -89,66 +75,6 @@ class _TooLarge(Exception):
     pass
 
 
-async def _connect_redis(settings: Settings) -> RedisLink | None:
-    """The Redis link when configured. An unreachable Redis does not stop the replica
-    from starting: it starts degraded and the link recovers when Redis answers."""
-    if settings.redis_url is None:
-        return None
-    link = RedisLink(
-        settings.redis_url.get_secret_value(),
-        pool_size=settings.redis_pool_size,
-        timeout=settings.redis_timeout_seconds,
-        retry_seconds=settings.redis_retry_seconds,
-        prefix=settings.redis_prefix,
-    )
-    metrics.REDIS_UP.set(1)
-    await link.ping()  # marks the link down (and starts probing) if Redis is away
-    return link
-
-
-def _pool_samplers(engine: AsyncEngine, redis: RedisLink | None) -> list[Callable[[], None]]:
-    pool = engine.pool
-
-    def database() -> None:
-        if isinstance(pool, QueuePool):
-            metrics.DB_POOL_IN_USE.set(pool.checkedout())
-            metrics.DB_POOL_SIZE.set(pool.checkedin() + pool.checkedout())
-
-    samplers = [database]
-    if redis is not None:
-        link = redis
-
-        def redis_pool() -> None:
-            metrics.REDIS_POOL_IN_USE.set(link.connections_in_use())
-            metrics.REDIS_POOL_SIZE.set(link.pool.max_connections)
-
-        samplers.append(redis_pool)
-    return samplers
-
-
-async def _sample_forever(every: float = 5.0) -> None:
-    """Keep read-at-scrape gauges fresh for workers that do not serve the scrape."""
-    while True:
-        metrics.sample()
-        await asyncio.sleep(every)
-
-
-async def _closing_connections(timeout: float = 5.0) -> None:
-    """Let the connections SQLAlchemy is still closing finish: it closes one it
-    invalidated (a request cancelled in the middle of a query, such as an event stream
-    whose client left) in a task of its own, which would otherwise be destroyed pending
-    when the event loop ends."""
-    current = asyncio.current_task()
-    closing = [
-        task
-        for task in asyncio.all_tasks()
-        if task is not current
-        and getattr(task.get_coro(), "__qualname__", "").endswith("_terminate_graceful_close")
-    ]
-    if closing:
-        await asyncio.wait(closing, timeout=timeout)
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     if settings.worker_processes > 1:  # one lease owner per worker process
@@ -158,67 +84,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(
-            settings.database_url, settings.db_pool_size, settings.db_max_overflow
-        )
-        store = Store(engine)
-        redis = await _connect_redis(settings)
-        metrics.WORKFLOW_LABELS.configure(settings.metrics_workflow_labels)
-        metrics.BREAKER_LABELS.configure(settings.metrics_breaker_labels)
-        samplers = _pool_samplers(engine, redis)
-        metrics.SAMPLERS.extend(samplers)
-        sampling = asyncio.get_running_loop().create_task(_sample_forever(), name="flowcore-sample")
-        bus: EventBus
-        wakeups: RedisWakeups | None = None
-        if redis is not None:
-            redis_bus = RedisEventBus(redis, settings.replica_id)
-            if settings.redis_wakeups or (settings.redis_wakeups is None and not store.postgres):
-                wakeups = RedisWakeups(redis_bus, store.notifier)
-            bus = redis_bus
-        else:
-            bus = LocalEventBus()
-        await bus.start()  # before the dispatcher and before serving
-        if wakeups is not None:
-            await wakeups.start()
-        # the operator's limits and budgets (FLOWCORE_EXECUTION) bound every definition
-        # and every value the API takes, as they bound every run
-        limits = settings.execution_config()
-        definitions = DefinitionCache(limits)
-        # a cached result or an open breaker on one replica counts on every replica
-        cache = ServiceCache(redis, settings.execution_config().cache_size)
-        breakers = RedisCircuitBreakers(redis) if redis is not None else MeteredBreakers()
-        dispatcher = (
-            Dispatcher(settings, store, bus, definitions, cache=cache, breakers=breakers)
-            if settings.dispatcher_enabled
-            else None
-        )
+        runtime = await build(settings)
         app.state.services = Services(
             settings=settings,
-            limits=limits,
-            workflows=WorkflowService(store, limits),
-            runs=RunService(settings, store, definitions),
-            streams=EventStreams(settings, store, bus),
-            health=HealthService(store, head_revision(), redis, dispatcher is not None),
+            limits=runtime.limits,
+            workflows=runtime.workflows,
+            runs=runtime.runs,
+            streams=runtime.streams,
+            health=runtime.health,
         )
-        if dispatcher is not None:
-            await dispatcher.start()
+        await runtime.start()
         try:
             yield
         finally:
-            if dispatcher is not None:
-                await dispatcher.stop()  # its RunQueued(RELEASED) wake-up still goes out
-            if wakeups is not None:
-                await wakeups.close()
-            await bus.close()  # sends what is left in the outbox
-            sampling.cancel()
-            with suppress(asyncio.CancelledError):
-                await sampling
-            for sampler in samplers:
-                metrics.SAMPLERS.remove(sampler)
-            if redis is not None:
-                await redis.close()
-            await engine.dispose()
-            await _closing_connections()
+            await runtime.close()
 
     app = FastAPI(
         title="Flowcore",

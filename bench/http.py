@@ -53,11 +53,9 @@ from typing import Annotated, Any, TypedDict
 import httpx
 from sqlalchemy import func, select
 
-from app.bus import LocalEventBus
 from app.config import Settings
 from app.engine import create_workflow
-from app.runtime.dispatcher import Dispatcher
-from app.store.db import create_engine
+from app.runtime.wiring import build
 from app.store.models import NodeResultRow, Run, WorkflowVersion
 from app.store.notifications import Notification, RunFinished
 from app.store.repository import Store
@@ -217,8 +215,9 @@ class CountingStore(Store):
 
 
 class InProcessService:
-    """What ``create_app`` wires for one replica, minus HTTP: a Store, the live bus and
-    a Dispatcher that claims, leases and executes runs with durable journals.
+    """One replica as ``app.runtime.wiring.build`` wires it, minus HTTP: a Store (one
+    that counts its commits), the live bus and a Dispatcher that claims, leases and
+    executes runs with durable journals.
 
     The dispatcher's log is captured, not printed: a run it logs an error for is
     counted as failed at once (one that fails to commit its failure never gets an
@@ -231,13 +230,9 @@ class InProcessService:
             poll_seconds=0.1,
             replica_id="bench-in-process",
         )
-        self.engine = create_engine(url, self.settings.db_pool_size, self.settings.db_max_overflow)
-        self.store = CountingStore(self.engine)
-        self.dispatcher = Dispatcher(self.settings, self.store, LocalEventBus())
         self._waiting: dict[str, asyncio.Future[str | None]] = {}
         #: run id -> outcome, of the runs of the batch being measured
         self.submitted: dict[str, Outcome] = {}
-        self.store.notifier.subscribe(self._on_notification)
         self._log = logging.getLogger("flowcore.runtime")
         self._handler = _Capture(self._on_log)
 
@@ -304,7 +299,13 @@ class InProcessService:
     async def __aenter__(self) -> InProcessService:
         self._log.addHandler(self._handler)
         self._log.propagate = False
-        await self.dispatcher.start()
+        self.runtime = await build(self.settings, store_type=CountingStore, dispatcher=True)
+        store = self.runtime.store
+        assert isinstance(store, CountingStore)
+        self.store = store
+        self.engine = self.runtime.engine
+        self.store.notifier.subscribe(self._on_notification)
+        await self.runtime.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -312,8 +313,7 @@ class InProcessService:
             # stopping cancels the claim loop, perhaps in the middle of a query: the pool
             # then logs a CancelledError while it closes that connection
             with quiet("sqlalchemy.pool"):
-                await self.dispatcher.stop()
-                await self.engine.dispose()
+                await self.runtime.close()
                 gc.collect()  # tasks that died with an exception are reported now, quietly
         finally:
             self._log.removeHandler(self._handler)
