@@ -13,9 +13,10 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from abc import ABC, abstractmethod
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote
 
 from app.engine.errors import FlowcoreError
@@ -200,16 +201,41 @@ def fold(records: list[CheckpointRecord]) -> Checkpoint:
     )
 
 
-class CheckpointStore(Protocol):
-    """Keeps checkpoint records; ``append`` receives a run's records in order."""
+def checkpoint_at(records: list[CheckpointRecord], sequence: int, checkpoint_id: str) -> Checkpoint:
+    """Checkpoint ``sequence`` of a run whose records are ``records`` (in any order):
+    the chain to it, folded. Raises CheckpointNotFoundError when there is none."""
+    chain = chain_to(records, sequence)
+    if not chain or chain[-1].sequence != sequence:
+        raise CheckpointNotFoundError(f"no checkpoint {checkpoint_id!r}")
+    return fold(chain)
 
+
+def latest_of(records: list[CheckpointRecord]) -> Checkpoint | None:
+    """The run's latest checkpoint (its last record, folded), or None."""
+    return fold(chain_to(records, records[-1].sequence)) if records else None
+
+
+class CheckpointStore(ABC):
+    """Keeps checkpoint records. A store writes them (``append`` receives a run's
+    records in order) and reads a run's back (``records``); loading a checkpoint,
+    the latest one and the list follow from that."""
+
+    @abstractmethod
     async def append(self, records: list[CheckpointRecord]) -> None: ...
 
-    async def load(self, checkpoint_id: str) -> Checkpoint: ...
+    @abstractmethod
+    async def records(self, run_id: str) -> list[CheckpointRecord]:
+        """Every record of ``run_id``, in the order they were appended."""
 
-    async def latest(self, run_id: str) -> Checkpoint | None: ...
+    async def load(self, checkpoint_id: str) -> Checkpoint:
+        run_id, sequence = parse_checkpoint_id(checkpoint_id)
+        return checkpoint_at(await self.records(run_id), sequence, checkpoint_id)
 
-    async def list(self, run_id: str) -> list[CheckpointInfo]: ...
+    async def latest(self, run_id: str) -> Checkpoint | None:
+        return latest_of(await self.records(run_id))
+
+    async def list(self, run_id: str) -> list[CheckpointInfo]:
+        return _infos(await self.records(run_id))
 
 
 def _infos(records: list[CheckpointRecord]) -> list[CheckpointInfo]:
@@ -219,7 +245,7 @@ def _infos(records: list[CheckpointRecord]) -> list[CheckpointInfo]:
     ]
 
 
-class InMemoryCheckpointStore:
+class InMemoryCheckpointStore(CheckpointStore):
     """Checkpoint records in a dict (one process; lost with it)."""
 
     def __init__(self) -> None:
@@ -229,22 +255,11 @@ class InMemoryCheckpointStore:
         for record in records:
             self._runs.setdefault(record.run_id, []).append(record)
 
-    async def load(self, checkpoint_id: str) -> Checkpoint:
-        run_id, sequence = parse_checkpoint_id(checkpoint_id)
-        records = chain_to(self._runs.get(run_id, []), sequence)
-        if not records or records[-1].sequence != sequence:
-            raise CheckpointNotFoundError(f"no checkpoint {checkpoint_id!r}")
-        return fold(records)
-
-    async def latest(self, run_id: str) -> Checkpoint | None:
-        records = self._runs.get(run_id)
-        return fold(chain_to(records, records[-1].sequence)) if records else None
-
-    async def list(self, run_id: str) -> list[CheckpointInfo]:
-        return _infos(self._runs.get(run_id, []))
+    async def records(self, run_id: str) -> list[CheckpointRecord]:
+        return list(self._runs.get(run_id, []))
 
 
-class FileCheckpointStore:
+class FileCheckpointStore(CheckpointStore):
     """One append-only JSON-lines file per run under ``directory``.
 
     Appends are plain writes (they survive the process being killed); pass
@@ -293,16 +308,5 @@ class FileCheckpointStore:
                 continue  # a torn line from a crash mid-write: skip it
         return records
 
-    async def load(self, checkpoint_id: str) -> Checkpoint:
-        run_id, sequence = parse_checkpoint_id(checkpoint_id)
-        records = chain_to(await asyncio.to_thread(self._read, run_id), sequence)
-        if not records or records[-1].sequence != sequence:
-            raise CheckpointNotFoundError(f"no checkpoint {checkpoint_id!r}")
-        return fold(records)
-
-    async def latest(self, run_id: str) -> Checkpoint | None:
-        records = await asyncio.to_thread(self._read, run_id)
-        return fold(chain_to(records, records[-1].sequence)) if records else None
-
-    async def list(self, run_id: str) -> list[CheckpointInfo]:
-        return _infos(await asyncio.to_thread(self._read, run_id))
+    async def records(self, run_id: str) -> list[CheckpointRecord]:
+        return await asyncio.to_thread(self._read, run_id)

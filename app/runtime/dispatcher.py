@@ -36,8 +36,7 @@ from app.engine import (
     create_workflow,
 )
 from app.engine.breaker import CircuitBreakerStore
-from app.engine.checkpoint import Checkpoint, fold
-from app.engine.checkpoint import chain_to as checkpoint_chain
+from app.engine.checkpoint import Checkpoint, checkpoint_at
 from app.engine.memory import InMemoryMemoryStore
 from app.engine.values import clean_text
 from app.observability import metrics
@@ -409,8 +408,8 @@ class Dispatcher:
         return definition
 
     async def _load(self, run_id: str, sequence: int) -> Checkpoint:
-        records = checkpoint_chain(await self.store.checkpoint_records(run_id), sequence)
-        return fold(records)
+        records = await self.store.checkpoint_records(run_id)
+        return checkpoint_at(records, sequence, f"{run_id}:{sequence}")
 
     # ------------------------------------------------------------------ heartbeat
 

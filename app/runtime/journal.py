@@ -30,15 +30,7 @@ from collections.abc import Callable
 
 from app.bus import EventBus
 from app.engine import Event, EventType
-from app.engine.checkpoint import (
-    Checkpoint,
-    CheckpointInfo,
-    CheckpointNotFoundError,
-    CheckpointRecord,
-    fold,
-    parse_checkpoint_id,
-)
-from app.engine.checkpoint import chain_to as checkpoint_chain
+from app.engine.checkpoint import CheckpointRecord, CheckpointStore
 from app.observability import metrics
 from app.store.errors import LeaseLost
 from app.store.lifecycle import TERMINAL
@@ -50,7 +42,7 @@ logger = logging.getLogger("flowcore.runtime")
 FLUSH_BATCH = 1000
 
 
-class RunJournal:
+class RunJournal(CheckpointStore):
     """Durable checkpoints and events of one run, fenced on its lease."""
 
     def __init__(
@@ -178,22 +170,8 @@ class RunJournal:
         for event in events:
             self.bus.publish(self.lease.run_id, event)
 
-    async def load(self, checkpoint_id: str) -> Checkpoint:
-        run_id, sequence = parse_checkpoint_id(checkpoint_id)
-        records = checkpoint_chain(await self.store.checkpoint_records(run_id), sequence)
-        if not records or records[-1].sequence != sequence:
-            raise CheckpointNotFoundError(f"no checkpoint {checkpoint_id!r}")
-        return fold(records)
-
-    async def latest(self, run_id: str) -> Checkpoint | None:
-        records = await self.store.checkpoint_records(run_id)
-        return fold(checkpoint_chain(records, records[-1].sequence)) if records else None
-
-    async def list(self, run_id: str) -> list[CheckpointInfo]:
-        return [
-            CheckpointInfo(r.id, r.run_id, r.sequence, r.created_at, r.status, len(r.completed))
-            for r in await self.store.checkpoint_records(run_id)
-        ]
+    async def records(self, run_id: str) -> list[CheckpointRecord]:
+        return await self.store.checkpoint_records(run_id)
 
     # -- events between checkpoints
 

@@ -13,8 +13,12 @@ from typing import Any
 
 from app.config import Settings
 from app.engine import ExecutionConfig, InputValidationError, ValidationIssue
-from app.engine.checkpoint import CheckpointRecord, fold, parse_checkpoint_id
-from app.engine.checkpoint import chain_to as checkpoint_chain
+from app.engine.checkpoint import (
+    Checkpoint,
+    checkpoint_at,
+    latest_of,
+    parse_checkpoint_id,
+)
 from app.engine.config import LIMIT_FIELDS, PROCESS_FIELDS
 from app.engine.schema import check_input
 from app.runtime.definitions import DefinitionCache
@@ -242,7 +246,8 @@ class RunService:
         records = await self.store.checkpoint_records(run_id)
         if not records:
             return RunState(run.id, run.status, run.current_nodes, {}, {}, {}, None)
-        checkpoint = fold(checkpoint_chain(records, records[-1].sequence))
+        checkpoint = latest_of(records)
+        assert checkpoint is not None
         return RunState(
             run.id,
             run.status,
@@ -270,22 +275,20 @@ class RunService:
         await self._row(run_id)
         return [CheckpointSummary.of(row) for row in await self.store.checkpoints(run_id)]
 
-    async def _chain(self, checkpoint_id: str) -> tuple[str, list[CheckpointRecord]]:
+    async def _checkpoint(self, checkpoint_id: str) -> Checkpoint:
         run_id, sequence = parse_checkpoint_id(checkpoint_id)
         if sequence > MAX_SEQUENCE:
             raise NotFound(f"no checkpoint {checkpoint_id!r}")
-        records = checkpoint_chain(await self.store.checkpoint_records(run_id), sequence)
-        if not records or records[-1].sequence != sequence:
-            raise NotFound(f"no checkpoint {checkpoint_id!r}")
-        return run_id, records
+        records = await self.store.checkpoint_records(run_id)
+        return checkpoint_at(records, sequence, checkpoint_id)
 
     async def checkpoint(self, checkpoint_id: str) -> tuple[CheckpointSummary, dict[str, Any]]:
         """A checkpoint and the run's full state at that point."""
-        run_id, records = await self._chain(checkpoint_id)
-        row = await self.store.checkpoint(run_id, records[-1].sequence)
+        checkpoint = await self._checkpoint(checkpoint_id)
+        row = await self.store.checkpoint(checkpoint.run_id, checkpoint.sequence)
         if row is None:
             raise NotFound(f"no checkpoint {checkpoint_id!r}")
-        state = fold(records).to_dict()
+        state = checkpoint.to_dict()
         state.pop("definition", None)
         return CheckpointSummary.of(row), state
 
@@ -300,7 +303,8 @@ class RunService:
         """Resume the run from this checkpoint (failed, cancelled, waiting or
         interrupted runs; one executing elsewhere stops there first), or with ``fork``
         start a new run from it, optionally with a new input and variables."""
-        run_id, records = await self._chain(checkpoint_id)
+        checkpoint = await self._checkpoint(checkpoint_id)
+        run_id = checkpoint.run_id
         run = await self._row(run_id)
         if not fork:
             return RunRecord.of(await self.store.queue_resume(run_id, checkpoint_id, vars))
@@ -312,7 +316,7 @@ class RunService:
         forked, _ = await self.store.create_run(
             uuid.uuid4().hex,
             workflow,
-            input if input is not None else fold(records).input,
+            input if input is not None else checkpoint.input,
             run.config,
             None,
             None,
