@@ -52,12 +52,15 @@ from typing import Annotated, Any, TypedDict
 
 import httpx
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.config import Settings
 from app.engine import create_workflow
 from app.runtime.wiring import build
+from app.store.db import is_postgres
 from app.store.models import NodeResultRow, Run, WorkflowVersion
 from app.store.notifications import Notification, RunFinished
+from app.store.postgres import PostgresStore
 from app.store.repository import Store
 from bench._service import (
     backend_cpu,
@@ -204,14 +207,26 @@ def failures(batches: Sequence[Batch]) -> str:
 # --------------------------------------------------------------- Flowcore in-process
 
 
-class CountingStore(Store):
-    """The service's Store, counting the fenced progress commits the journals make."""
+class _Counting(Store):
+    """A store counting the fenced progress commits the journals make."""
 
     commits = 0
 
     async def commit_progress(self, *args: Any, **kwargs: Any) -> None:
         self.commits += 1
         await super().commit_progress(*args, **kwargs)
+
+
+class CountingStore(_Counting):
+    pass
+
+
+class CountingPostgresStore(_Counting, PostgresStore):
+    pass
+
+
+def counting_store(engine: AsyncEngine) -> _Counting:
+    return CountingPostgresStore(engine) if is_postgres(engine) else CountingStore(engine)
 
 
 class InProcessService:
@@ -299,9 +314,9 @@ class InProcessService:
     async def __aenter__(self) -> InProcessService:
         self._log.addHandler(self._handler)
         self._log.propagate = False
-        self.runtime = await build(self.settings, store_type=CountingStore, dispatcher=True)
+        self.runtime = await build(self.settings, store_factory=counting_store, dispatcher=True)
         store = self.runtime.store
-        assert isinstance(store, CountingStore)
+        assert isinstance(store, _Counting)
         self.store = store
         self.engine = self.runtime.engine
         self.store.notifier.subscribe(self._on_notification)

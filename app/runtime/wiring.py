@@ -26,9 +26,9 @@ from app.runtime.health import HealthService
 from app.runtime.runs import RunService
 from app.runtime.streams import EventStreams
 from app.runtime.workflows import WorkflowService
+from app.store import Store, open_store
 from app.store.db import create_engine
 from app.store.migrate import head_revision
-from app.store.repository import Store
 
 
 @dataclass(slots=True)
@@ -78,12 +78,15 @@ class Runtime:
 
 
 async def build(
-    settings: Settings, *, store_type: type[Store] = Store, dispatcher: bool | None = None
+    settings: Settings,
+    *,
+    store_factory: Callable[[AsyncEngine], Store] = open_store,
+    dispatcher: bool | None = None,
 ) -> Runtime:
     """Wire one replica from ``settings`` (``dispatcher``: override
-    ``dispatcher_enabled``; ``store_type``: a Store subclass, for the benchmarks)."""
+    ``dispatcher_enabled``; ``store_factory``: another store, for the benchmarks)."""
     engine = create_engine(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
-    store = store_type(engine)
+    store = store_factory(engine)
     redis = await _connect_redis(settings)
     metrics.WORKFLOW_LABELS.configure(settings.metrics_workflow_labels)
     metrics.BREAKER_LABELS.configure(settings.metrics_breaker_labels)

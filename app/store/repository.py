@@ -19,22 +19,18 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import and_, event, func, or_, select, text, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import configure_mappers
-from sqlalchemy.util.concurrency import await_
 
 from app.engine import Event, EventType
 from app.engine.checkpoint import CheckpointRecord, NodeCheckpoint
 from app.store.db import (
-    create_pg_pool,
     db_now,
     greatest,
     insert_ignore,
-    is_postgres,
-    json_dumps,
     ping,
     sessionmaker,
 )
@@ -58,19 +54,15 @@ from app.store.lifecycle import (
     let_go,
     require,
     sources_of,
-    sql_list,
 )
 from app.store.models import CheckpointRow, EventRow, NodeResultRow, Run, SignalRow, WorkflowVersion
 from app.store.notifications import (
-    FINISHED_PREFIX,
-    QUEUED_PREFIX,
     RELEASED,
     Notification,
     Notifier,
     RunControl,
     RunFinished,
     RunQueued,
-    encode,
 )
 
 NOTIFY_CHANNEL = "flowcore"
@@ -101,54 +93,16 @@ class Store:
         self._sessions = sessionmaker(engine)
         #: sessions that only read (on SQLite they take no write lock)
         self._read_sessions = sessionmaker(engine.execution_options(read_only=True))
-        #: SQLite: the turn bulk event commits and lease heartbeats take (``_turn``)
+        #: the turn bulk event commits and lease heartbeats take (``_turn``)
         self._write_turn = asyncio.Lock()
-        self.postgres = is_postgres(engine)
+        self.postgres = False
         #: what this store's changes tell this process (and, through relays such as
         #: Redis, the other replicas; on Postgres, NOTIFY reaches them too)
         self.notifier = Notifier()
         self._inserts: dict[Any, Any] = {}
-        self._listener: Any = None
-        #: Postgres: the asyncpg pool of the hot path (see ``_pg``), opened on first use
-        self._pool: Any = None
-        self._pool_lock = asyncio.Lock()
-        self._progress_sql: dict[tuple[bool, ...], str] = {}
-        if self.postgres:
-            # the pool closes with the engine (``create_app`` disposes of the engine)
-            event.listen(engine.sync_engine, "engine_disposed", self._engine_disposed)
-
-    async def _pg(self) -> Any:
-        """The asyncpg pool of the hot path (Postgres only): as many connections as the
-        engine's pool allows (size + overflow). Every statement sent through it is a
-        transaction of its own: one round trip, no BEGIN/COMMIT."""
-        pool = self._pool
-        if pool is None:
-            async with self._pool_lock:
-                if self._pool is None:
-                    sa_pool: Any = self.engine.pool
-                    size = int(getattr(sa_pool, "size", lambda: 10)())
-                    size += max(0, int(getattr(sa_pool, "_max_overflow", 10)))
-                    self._pool = await create_pg_pool(self.engine, max(2, size))
-                pool = self._pool
-        return pool
 
     async def close(self) -> None:
-        """Close the hot path's pool (the engine is the caller's to dispose of)."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            try:
-                await asyncio.wait_for(pool.close(), 5)
-            except Exception:
-                pool.terminate()
-
-    def _engine_disposed(self, _engine: Any) -> None:
-        pool, self._pool = self._pool, None
-        if pool is None:
-            return
-        try:  # AsyncEngine.dispose runs this inside its greenlet: it may await
-            await_(asyncio.wait_for(pool.close(), 5))
-        except Exception:
-            pool.terminate()
+        """Release what the store holds beside the engine (the caller disposes of it)."""
 
     @contextlib.asynccontextmanager
     async def _write(self) -> AsyncIterator[AsyncSession]:
@@ -163,9 +117,6 @@ class Store:
         heartbeat waiting past its lease. Those two kinds of write take turns here, first
         come first served; every other write goes straight to the database (taking turns
         costs a hop through the event loop per statement). Postgres needs no turn."""
-        if self.postgres:
-            yield
-            return
         async with self._write_turn:
             yield
 
@@ -183,11 +134,8 @@ class Store:
     async def _notify(
         self, session: AsyncSession | AsyncConnection, notification: Notification
     ) -> None:
-        if self.postgres:  # delivered to every listener when the transaction commits
-            await session.execute(
-                text("SELECT pg_notify(:channel, :payload)"),
-                {"channel": NOTIFY_CHANNEL, "payload": encode(notification)},
-            )
+        """Tell the other replicas, in the transaction of the change (where the
+        database can: ``PostgresStore``); this process hears of it from ``_announce``."""
 
     def _announce(self, notification: Notification) -> None:
         """After a commit: this process's listeners, then the other replicas' channels."""
@@ -196,31 +144,12 @@ class Store:
     # ------------------------------------------------------------- notifications
 
     async def listen(self) -> bool:
-        """Postgres: LISTEN on a dedicated connection (outside the pool) and hand every
-        notification to the notifier. False when it is not possible (SQLite,
-        or the server refused): callers then rely on polling and local notifications."""
-        if not self.postgres or self._listener is not None:
-            return self._listener is not None
-        import asyncpg
-
-        url = self.engine.url.set(drivername="postgresql")
-        try:
-            connection = await asyncpg.connect(url.render_as_string(hide_password=False))
-        except (OSError, asyncpg.PostgresError):
-            return False
-
-        def forward(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
-            self.notifier.deliver(payload)
-
-        await connection.add_listener(NOTIFY_CHANNEL, forward)
-        self._listener = connection
-        return True
+        """Hear other replicas' notifications through the database: False where it
+        cannot (then polling and other channels carry them)."""
+        return False
 
     async def unlisten(self) -> None:
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            with contextlib.suppress(Exception):
-                await listener.close()
+        """Stop hearing them."""
 
     async def ping(self) -> float:
         """Round-trip the database; the latency in seconds."""
@@ -276,25 +205,20 @@ class Store:
     async def get_workflow(
         self, workflow_id: str, version: int | None = None, *, include_archived: bool = False
     ) -> WorkflowVersion | None:
-        row: WorkflowVersion | None
-        if self.postgres:
-            pool = await self._pg()
-            if version is not None:
-                record = await pool.fetchrow(_PG_WORKFLOW_VERSION, workflow_id, version)
-            else:
-                record = await pool.fetchrow(_PG_WORKFLOW_LATEST, workflow_id)
-            row = _detached(WorkflowVersion, record) if record is not None else None
-        else:
-            async with self._read() as session:
-                query = select(WorkflowVersion).where(WorkflowVersion.workflow_id == workflow_id)
-                if version is not None:
-                    query = query.where(WorkflowVersion.version == version)
-                else:
-                    query = query.order_by(WorkflowVersion.version.desc()).limit(1)
-                row = (await session.execute(query)).scalar_one_or_none()
+        row = await self._workflow_row(workflow_id, version)
         if row is None or (row.archived and not include_archived and version is None):
             return None
         return row
+
+    async def _workflow_row(self, workflow_id: str, version: int | None) -> WorkflowVersion | None:
+        """A version of ``workflow_id`` (its latest when ``version`` is None)."""
+        async with self._read() as session:
+            query = select(WorkflowVersion).where(WorkflowVersion.workflow_id == workflow_id)
+            if version is not None:
+                query = query.where(WorkflowVersion.version == version)
+            else:
+                query = query.order_by(WorkflowVersion.version.desc()).limit(1)
+            return (await session.execute(query)).scalar_one_or_none()
 
     async def list_workflows(self, cursor: str | None, limit: int) -> Page:
         """The latest version of each workflow, by id, ``limit`` at a time."""
@@ -366,9 +290,7 @@ class Store:
         """Queue a run. With an idempotency key already used: the same request returns
         the existing run (``created`` False), a different one raises IdempotencyConflict."""
         now = time.time()
-        make = _detached if self.postgres else _orm  # (SQLite: the session inserts it)
-        row = make(
-            Run,
+        return await self._insert_run(
             id=run_id,
             workflow_id=workflow.workflow_id,
             workflow_version=workflow.version,
@@ -387,8 +309,11 @@ class Store:
             vars_patch=vars_patch,
             cancel_requested=False,
         )
-        if self.postgres:
-            return await self._pg_create_run(row)
+
+    async def _insert_run(self, **values: Any) -> tuple[Run, bool]:
+        """Insert a queued run (see ``create_run``)."""
+        row = Run(**values)
+        run_id, idempotency_key, request_hash = row.id, row.idempotency_key, row.request_hash
         async with self._write() as session:
             session.add(row)
             await self._notify(session, RunQueued(run_id))
@@ -411,41 +336,7 @@ class Store:
         self._announce(RunQueued(run_id))
         return row, True
 
-    async def _pg_create_run(self, row: Run) -> tuple[Run, bool]:
-        """create_run on Postgres: the INSERT and its notification in one statement."""
-        pool = await self._pg()
-        try:
-            await pool.execute(
-                _PG_CREATE_RUN,
-                row.id,
-                row.workflow_id,
-                row.workflow_version,
-                json_dumps(row.input),
-                json_dumps(row.config),
-                row.idempotency_key,
-                row.request_hash,
-                row.created_at,
-                row.fork_of,
-                json_dumps(row.vars_patch),
-                NOTIFY_CHANNEL,
-            )
-        except _unique_violation() as exc:
-            key = row.idempotency_key
-            existing = await self.run_by_idempotency_key(key) if key is not None else None
-            if existing is None:
-                raise IntegrityError(_PG_CREATE_RUN, None, exc) from exc
-            if existing.request_hash != row.request_hash:
-                raise IdempotencyConflict(
-                    f"Idempotency-Key {key!r} was used for a different request"
-                ) from None
-            return existing, False
-        self._announce(RunQueued(row.id))
-        return row, True
-
     async def count_queued(self) -> int:
-        if self.postgres:
-            pool = await self._pg()
-            return int(await pool.fetchval(_PG_COUNT_QUEUED))
         async with self._read() as session:
             value = (
                 await session.execute(select(func.count()).where(Run.status == QUEUED))
@@ -453,18 +344,12 @@ class Store:
             return int(value)
 
     async def run_by_idempotency_key(self, key: str) -> Run | None:
-        if self.postgres:
-            pool = await self._pg()
-            return _run_from(await pool.fetchrow(_PG_RUN_BY_KEY, key))
         async with self._read() as session:
             return (
                 await session.execute(select(Run).where(Run.idempotency_key == key))
             ).scalar_one_or_none()
 
     async def get_run(self, run_id: str) -> Run | None:
-        if self.postgres:
-            pool = await self._pg()
-            return _run_from(await pool.fetchrow(_PG_GET_RUN, run_id))
         async with self._read() as session:
             return await session.get(Run, run_id)
 
@@ -677,12 +562,6 @@ class Store:
         ``FOR UPDATE SKIP LOCKED`` keeps replicas from claiming the same run."""
         if limit <= 0:
             return []
-        if self.postgres:  # one statement: lock, claim and return the rows
-            pool = await self._pg()
-            records = await pool.fetch(_PG_CLAIM, owner, float(lease_seconds), limit)
-            claimed = [_detached(Run, record) for record in records]
-            claimed.sort(key=lambda run: run.created_at)
-            return claimed
         now = db_now(self.engine)
         async with self._write() as session:
             ids = list(
@@ -740,14 +619,6 @@ class Store:
         leases = list(leases)
         if not leases:
             return [], []
-        if self.postgres:  # one statement for every lease
-            pool = await self._pg()
-            ids = [lease.run_id for lease in leases]
-            record = await pool.fetchrow(
-                _PG_HEARTBEAT, ids, [lease.epoch for lease in leases], owner, float(lease_seconds)
-            )
-            kept = set(record["kept"] or ())
-            return [i for i in ids if i not in kept], list(record["cancel"] or ())
         now = db_now(self.engine)
         lost: list[str] = []
         async with self._turn(), self._write() as session:
@@ -778,10 +649,6 @@ class Store:
         return lost, cancel
 
     async def cancel_requested(self, run_id: str) -> bool:
-        if self.postgres:
-            pool = await self._pg()
-            value = await pool.fetchval("SELECT cancel_requested FROM runs WHERE id = $1", run_id)
-            return bool(value)
         async with self._read() as session:
             value = (
                 await session.execute(select(Run.cancel_requested).where(Run.id == run_id))
@@ -836,106 +703,30 @@ class Store:
             raise InvalidTransition(f"{outcome[0]!r} is not a terminal status")
         for attempt in range(3):
             try:
-                if self.postgres:
-                    await self._pg_commit_progress(
-                        lease, records, events, status, current_nodes, outcome
-                    )
-                else:
-                    await self._commit_progress(
-                        lease,
-                        records,
-                        events,
-                        status=status,
-                        current_nodes=current_nodes,
-                        outcome=outcome,
-                        bulk=bulk,
-                    )
+                await self._commit_progress(
+                    lease,
+                    records,
+                    events,
+                    status=status,
+                    current_nodes=current_nodes,
+                    outcome=outcome,
+                    bulk=bulk,
+                )
                 return
             except DBAPIError as exc:
                 # a connection that died (database restart, network blip) is invalidated
                 # and replaced; the commit is idempotent, so it is simply tried again
                 if not exc.connection_invalidated or attempt == 2:
                     raise
-            except _connection_errors():
-                # the same on the asyncpg pool: it replaces a closed connection
+            except self._connection_errors():
+                # the same on a driver's own pool: it replaces a closed connection
                 if attempt == 2:
                     raise
 
-    async def _pg_commit_progress(
-        self,
-        lease: Lease,
-        records: Sequence[CheckpointRecord],
-        events: Sequence[Event],
-        status: str | None,
-        current_nodes: list[str] | None,
-        outcome: tuple[str, Any, dict[str, Any] | None] | None,
-    ) -> None:
-        """commit_progress on Postgres: ONE statement, so one transaction and one round
-        trip. The fenced UPDATE of the run is a CTE the INSERTs select from: when the
-        fence matches no row (the lease moved), they insert nothing."""
-        now = time.time()
-        run_id = lease.run_id
-        if outcome is not None:  # the outcome sets both
-            status = current_nodes = None
-        args: list[Any] = [run_id, lease.owner, lease.epoch, now]
-        results: list[tuple[str, NodeCheckpoint]] = []
-        if records:
-            results = [item for r in records for item in r.completed.items()]
-        key = (
-            bool(records),
-            bool(results),
-            bool(events),
-            status is not None,
-            current_nodes is not None,
-            outcome is not None,
-        )
-        sql = self._progress_sql.get(key)
-        if sql is None:
-            sql = self._progress_sql[key] = _pg_progress_sql(*key)
-        if events:
-            args.append(events[-1].seq)
-        if records:
-            args.append(records[-1].sequence)
-        if current_nodes is not None:
-            args.append(json_dumps(current_nodes))
-        if status is not None:
-            args.append(status)
-        if outcome is not None:
-            final, output, error = outcome
-            args += [final, json_dumps(output), json_dumps(error), NOTIFY_CHANNEL]
-        if records:
-            args += [
-                [r.sequence for r in records],
-                [r.parent for r in records],
-                [r.status for r in records],
-                [r.event_seq for r in records],
-                [r.created_at for r in records],
-                [json_dumps(_record_json(r)) for r in records],
-            ]
-        if results:
-            args += [
-                [node_id for node_id, _ in results],
-                [n.status for _, n in results],
-                [json_dumps(n.output) for _, n in results],
-                [n.error for _, n in results],
-                [n.error_kind for _, n in results],
-                [n.attempts for _, n in results],
-                [n.started_at for _, n in results],
-                [n.finished_at for _, n in results],
-            ]
-        if events:
-            args += [
-                [e.seq for e in events],
-                [e.type.value for e in events],
-                [e.node_id for e in events],
-                [json_dumps(e.data) for e in events],
-                [e.timestamp for e in events],
-            ]
-        pool = await self._pg()
-        if not await pool.fetchval(sql, *args):
-            raise LeaseLost(f"run {run_id!r} is no longer held by {lease.owner!r}")
-        if outcome is not None:
-            self._announce(RunFinished(run_id))
+    def _connection_errors(self) -> tuple[type[BaseException], ...]:
+        """Errors of a connection that died, besides SQLAlchemy's (the statement may
+        be retried)."""
+        return ()
 
     async def _commit_progress(
         self,
@@ -1049,27 +840,6 @@ class Store:
         if parked and status != WAITING:
             raise InvalidTransition("only a waiting run parks")
         sources = sources_of(status)
-        if self.postgres:  # the fenced UPDATE and its notification in one statement
-            pool = await self._pg()
-            done = await pool.fetchval(
-                _PG_FINISH,
-                lease.run_id,
-                lease.owner,
-                lease.epoch,
-                sources,
-                status,
-                json_dumps(output),
-                json_dumps(error),
-                time.time() if status in TERMINAL else None,
-                time.time(),
-                NOTIFY_CHANNEL,
-                parked,
-                wake_at,
-            )
-            if not done:
-                raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
-            self._announce(RunFinished(lease.run_id))
-            return
         async with self._write() as session:
             if parked:
                 due = (
@@ -1167,12 +937,6 @@ class Store:
     # ---------------------------------------------------------------------- reads
 
     async def events_after(self, run_id: str, after_seq: int, limit: int = 500) -> list[EventRow]:
-        if self.postgres:
-            pool = await self._pg()
-            return [
-                _detached(EventRow, r)
-                for r in await pool.fetch(_PG_EVENTS, run_id, after_seq, limit)
-            ]
         async with self._read() as session:
             query = (
                 select(EventRow)
@@ -1183,13 +947,6 @@ class Store:
             return list((await session.execute(query)).scalars())
 
     async def last_event_seq(self, run_id: str) -> int:
-        if self.postgres:
-            pool = await self._pg()
-            return int(
-                await pool.fetchval(
-                    "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = $1", run_id
-                )
-            )
         async with self._read() as session:
             value = (
                 await session.execute(
@@ -1257,178 +1014,6 @@ def _node_result_row(
     }
 
 
-# ----------------------------------------------------------- Postgres statements
-
-_RUN_COLUMNS = ", ".join(column.name for column in Run.__table__.columns)
-_WORKFLOW_COLUMNS = ", ".join(column.name for column in WorkflowVersion.__table__.columns)
-#: the database clock as epoch seconds (see ``db_now``)
-_PG_NOW = "extract(epoch FROM clock_timestamp())::float8"
-_PG_ACTIVE = sql_list(ACTIVE)
-
-
-def _pg_value(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value == []:
-        return "'[]'::jsonb"
-    raise ValueError(f"no SQL literal for {value!r}")
-
-
-#: ``lifecycle.LET_GO`` as SET clauses
-_PG_LET_GO = [f"{name} = {_pg_value(value)}" for name, value in LET_GO.items()]
-#: ... but for the parking columns and the cancellation (``finish_run`` sets those)
-_PG_LET_GO_BUT_PARKING = ", ".join(
-    f"{name} = {_pg_value(value)}"
-    for name, value in LET_GO.items()
-    if name not in ("parked", "wake_at", "cancel_requested")
-)
-_PG_COUNT_QUEUED = f"SELECT count(*) FROM runs WHERE status = '{QUEUED}'"
-
-_PG_CREATE_RUN = f"""
-WITH created AS (
-    INSERT INTO runs (id, workflow_id, workflow_version, status, input, config,
-        idempotency_key, request_hash, created_at, updated_at, epoch, claims, event_seq,
-        checkpoint_seq, fork_of, vars_patch, cancel_requested)
-    VALUES ($1, $2, $3, '{QUEUED}', $4::jsonb, $5::jsonb, $6, $7, $8, $8, 0, 0, 0, 0, $9,
-        $10::jsonb, false)
-    RETURNING id
-)
-SELECT pg_notify($11, '{QUEUED_PREFIX}' || id) FROM created
-"""
-_PG_GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1"
-_PG_RUN_BY_KEY = f"SELECT {_RUN_COLUMNS} FROM runs WHERE idempotency_key = $1"
-_PG_WORKFLOW_VERSION = (
-    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE workflow_id = $1 AND version = $2"
-)
-_PG_WORKFLOW_LATEST = (
-    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE workflow_id = $1 "
-    "ORDER BY version DESC LIMIT 1"
-)
-_PG_CLAIM = f"""
-UPDATE runs SET status = '{RUNNING}', owner = $1, lease_until = {_PG_NOW} + $2,
-    epoch = epoch + 1, claims = claims + 1, started_at = coalesce(started_at, {_PG_NOW}),
-    updated_at = {_PG_NOW}, parked = false, wake_at = NULL
-WHERE id IN (
-    SELECT id FROM runs
-    WHERE status = '{QUEUED}' OR (status IN {_PG_ACTIVE} AND lease_until < {_PG_NOW})
-        OR (status = '{WAITING}' AND parked AND wake_at <= {_PG_NOW})
-    ORDER BY created_at
-    LIMIT $3
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING {_RUN_COLUMNS}
-"""
-_PG_HEARTBEAT = f"""
-WITH kept AS (
-    UPDATE runs SET lease_until = {_PG_NOW} + $4
-    FROM unnest($1::text[], $2::int[]) AS lease(id, epoch)
-    WHERE runs.id = lease.id AND runs.epoch = lease.epoch AND runs.owner = $3
-        AND runs.status IN {_PG_ACTIVE}
-    RETURNING runs.id
-)
-SELECT (SELECT array_agg(id) FROM kept) AS kept,
-    (SELECT array_agg(id) FROM runs WHERE id = ANY($1::text[]) AND cancel_requested) AS cancel
-"""
-_PG_FINISH = f"""
-WITH finished AS (
-    UPDATE runs SET status = $5, output = $6::jsonb, error = $7::jsonb, finished_at = $8,
-        {_PG_LET_GO_BUT_PARKING}, updated_at = $9,
-        parked = $11, cancel_requested = $11 AND cancel_requested,
-        wake_at = CASE WHEN $11 AND (cancel_requested OR EXISTS (
-            SELECT 1 FROM signals WHERE signals.run_id = $1 AND NOT signals.delivered))
-            THEN {_PG_NOW} ELSE $12 END
-    WHERE id = $1 AND owner = $2 AND epoch = $3 AND status = ANY($4::text[])
-    RETURNING id
-)
-SELECT count(pg_notify($10, '{FINISHED_PREFIX}' || id)) FROM finished
-"""
-_PG_EVENTS = (
-    "SELECT run_id, seq, type, node_id, data, created_at FROM events "
-    "WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
-)
-
-
-def _pg_progress_sql(
-    records: bool, results: bool, events: bool, status: bool, current: bool, outcome: bool
-) -> str:
-    """The statement of one shape of commit_progress (the shapes are few: cached)."""
-    sets = ["updated_at = $4"]
-    n = 4
-
-    def param() -> str:
-        nonlocal n
-        n += 1
-        return f"${n}"
-
-    if events:
-        sets.append(f"event_seq = greatest(event_seq, {param()})")
-    if records:
-        # the run's own checkpoints now supersede a resume request
-        sets += [f"checkpoint_seq = {param()}", "resume_from = NULL", "vars_patch = NULL"]
-    if current:
-        sets.append(f"current_nodes = {param()}::jsonb")
-    if status:
-        sets.append(f"status = {param()}")
-    notify = ""
-    if outcome:  # (without ``status`` and ``current``: the outcome sets both)
-        sets += [
-            f"status = {param()}",
-            f"output = {param()}::jsonb",
-            f"error = {param()}::jsonb",
-            "finished_at = $4",
-            *_PG_LET_GO,
-        ]
-        notify = param()
-    parts = [
-        f"WITH fence AS (UPDATE runs SET {', '.join(dict.fromkeys(sets))} "
-        f"WHERE id = $1 AND owner = $2 AND epoch = $3 AND status IN {_PG_ACTIVE} RETURNING id)"
-    ]
-    if records:
-        a = [param() for _ in range(6)]
-        parts.append(
-            "checkpoint_rows AS (INSERT INTO checkpoints "
-            "(run_id, sequence, parent, status, event_seq, created_at, record) "
-            "SELECT fence.id, r.sequence, r.parent, r.status, r.event_seq, r.created_at, "
-            "r.record::jsonb FROM fence, "
-            f"unnest({a[0]}::int[], {a[1]}::int[], {a[2]}::text[], {a[3]}::int[], "
-            f"{a[4]}::float8[], {a[5]}::text[]) "
-            "AS r(sequence, parent, status, event_seq, created_at, record) "
-            "ON CONFLICT DO NOTHING)"
-        )
-    if results:
-        a = [param() for _ in range(8)]
-        parts.append(
-            "result_rows AS (INSERT INTO node_results (run_id, node_id, iteration, status, "
-            "output, error, error_kind, attempts, started_at, finished_at, committed_at) "
-            "SELECT fence.id, r.node_id, 0, r.status, r.output::jsonb, r.error, r.error_kind, "
-            "r.attempts, r.started_at, r.finished_at, $4::float8 FROM fence, "
-            f"unnest({a[0]}::text[], {a[1]}::text[], {a[2]}::text[], {a[3]}::text[], "
-            f"{a[4]}::text[], {a[5]}::int[], {a[6]}::float8[], {a[7]}::float8[]) "
-            "AS r(node_id, status, output, error, error_kind, attempts, started_at, "
-            "finished_at) ON CONFLICT DO NOTHING)"
-        )
-    if events:
-        a = [param() for _ in range(5)]
-        parts.append(
-            "event_rows AS (INSERT INTO events (run_id, seq, type, node_id, data, created_at) "
-            "SELECT fence.id, e.seq, e.type, e.node_id, e.data::jsonb, e.created_at FROM fence, "
-            f"unnest({a[0]}::int[], {a[1]}::text[], {a[2]}::text[], {a[3]}::text[], "
-            f"{a[4]}::float8[]) AS e(seq, type, node_id, data, created_at) "
-            "ON CONFLICT DO NOTHING)"
-        )
-    if outcome:
-        select = f"SELECT count(pg_notify({notify}, '{FINISHED_PREFIX}' || id)) FROM fence"
-    else:
-        select = "SELECT count(*) FROM fence"
-    return ",\n".join(parts) + "\n" + select
-
-
-def _run_from(record: Any) -> Run | None:
-    return _detached(Run, record) if record is not None else None
-
-
 _Model = TypeVar("_Model")
 _MANAGERS: dict[type[Any], Any] = {}
 
@@ -1450,22 +1035,3 @@ def _detached(model: type[_Model], values: Any = (), **more: Any) -> _Model:
 
 def _orm(model: type[_Model], **values: Any) -> _Model:
     return model(**values)
-
-
-def _unique_violation() -> type[Exception]:
-    import asyncpg
-
-    error: type[Exception] = asyncpg.UniqueViolationError
-    return error
-
-
-def _connection_errors() -> tuple[type[BaseException], ...]:
-    """Errors of an asyncpg connection that died (the statement may be retried)."""
-    import asyncpg
-
-    return (
-        OSError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.InterfaceError,
-        asyncpg.exceptions.ConnectionDoesNotExistError,
-    )

@@ -11,15 +11,16 @@ import pytest
 
 from app.bus import LocalEventBus
 from app.runtime.journal import RunJournal
+from app.store import Store, open_store
 from app.store.db import create_engine
-from app.store.repository import Lease, Store
+from app.store.repository import Lease
 from tests.checkpoint_contract import CHECKS, Check
 
 
-@pytest.fixture
-async def journal(database_url: str) -> AsyncIterator[RunJournal]:
+@pytest.fixture(params=["portable", "for the dialect"])
+async def journal(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[RunJournal]:
     engine = create_engine(database_url)
-    store = Store(engine)
+    store = Store(engine) if request.param == "portable" else open_store(engine)
     try:
         workflow = await store.create_workflow_version(
             f"contract-{uuid.uuid4().hex[:8]}", None, {"nodes": [{"id": "a", "type": "noop"}]}

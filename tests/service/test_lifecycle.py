@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
+from app.store import Store, open_store
 from app.store.db import create_engine
 from app.store.errors import InvalidTransition, LeaseLost
 from app.store.lifecycle import (
@@ -24,16 +25,18 @@ from app.store.lifecycle import (
     sources_of,
 )
 from app.store.models import Run, WorkflowVersion
-from app.store.repository import Lease, Store
+from app.store.repository import Lease
 
 STATUSES = [s.value for s in RunStatus]
 OWNER = "replica-a"
 
 
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[Store]:
+@pytest.fixture(params=["portable", "for the dialect"])
+async def store(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[Store]:
+    """Each implementation: the portable Store, and the one ``open_store`` picks (on
+    Postgres, PostgresStore; on SQLite, the same portable one)."""
     engine = create_engine(database_url)
-    store = Store(engine)
+    store = Store(engine) if request.param == "portable" else open_store(engine)
     try:
         yield store
     finally:

@@ -1,0 +1,532 @@
+"""``PostgresStore``: the store on Postgres, its hot path on asyncpg.
+
+The operations every run makes (create, claim, heartbeat, read, commit progress,
+finish, read events) are each ONE statement on an asyncpg pool: one round trip, no
+BEGIN/COMMIT, no ORM, a prepared-statement cache per connection. The fenced progress
+commit is one statement whose CTE updates the run on its lease and whose INSERTs read
+from it, so a moved lease writes nothing. Notifications go out with ``NOTIFY`` in the
+transaction of the change, and come in through ``LISTEN`` on a connection of their own.
+Everything else is the portable ``Store``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
+from sqlalchemy.util.concurrency import await_
+
+from app.engine import Event
+from app.engine.checkpoint import CheckpointRecord, NodeCheckpoint
+from app.store.db import create_pg_pool, json_dumps
+from app.store.errors import IdempotencyConflict, InvalidTransition, LeaseLost
+from app.store.lifecycle import (
+    ACTIVE,
+    LET_GO,
+    QUEUED,
+    RUNNING,
+    TERMINAL,
+    WAITING,
+    sources_of,
+    sql_list,
+)
+from app.store.models import EventRow, Run, WorkflowVersion
+from app.store.notifications import (
+    FINISHED_PREFIX,
+    QUEUED_PREFIX,
+    Notification,
+    RunFinished,
+    RunQueued,
+    encode,
+)
+from app.store.repository import NOTIFY_CHANNEL, Lease, Store, _detached, _record_json
+
+
+class PostgresStore(Store):
+    """The store, with Postgres's hot path."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        super().__init__(engine)
+        self.postgres = True
+        self._listener: Any = None
+        #: the asyncpg pool of the hot path (see ``_pg``), opened on first use
+        self._pool: Any = None
+        self._pool_lock = asyncio.Lock()
+        self._progress_sql: dict[tuple[bool, ...], str] = {}
+        # the pool closes with the engine (``create_app`` disposes of the engine)
+        event.listen(engine.sync_engine, "engine_disposed", self._engine_disposed)
+
+    async def _pg(self) -> Any:
+        """The asyncpg pool of the hot path (Postgres only): as many connections as the
+        engine's pool allows (size + overflow). Every statement sent through it is a
+        transaction of its own: one round trip, no BEGIN/COMMIT."""
+        pool = self._pool
+        if pool is None:
+            async with self._pool_lock:
+                if self._pool is None:
+                    sa_pool: Any = self.engine.pool
+                    size = int(getattr(sa_pool, "size", lambda: 10)())
+                    size += max(0, int(getattr(sa_pool, "_max_overflow", 10)))
+                    self._pool = await create_pg_pool(self.engine, max(2, size))
+                pool = self._pool
+        return pool
+
+    async def close(self) -> None:
+        """Close the hot path's pool (the engine is the caller's to dispose of)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), 5)
+            except Exception:
+                pool.terminate()
+
+    def _engine_disposed(self, _engine: Any) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        try:  # AsyncEngine.dispose runs this inside its greenlet: it may await
+            await_(asyncio.wait_for(pool.close(), 5))
+        except Exception:
+            pool.terminate()
+
+    @contextlib.asynccontextmanager
+    async def _turn(self) -> AsyncIterator[None]:
+        yield  # Postgres's writers need no turn
+
+    async def _notify(
+        self, session: AsyncSession | AsyncConnection, notification: Notification
+    ) -> None:
+        # delivered to every listener when the transaction commits
+        await session.execute(
+            text("SELECT pg_notify(:channel, :payload)"),
+            {"channel": NOTIFY_CHANNEL, "payload": encode(notification)},
+        )
+
+    async def listen(self) -> bool:
+        """LISTEN on a dedicated connection (outside the pool) and hand every
+        notification to the notifier. False when the server refused: callers then rely
+        on polling and local notifications."""
+        if self._listener is not None:
+            return True
+        import asyncpg
+
+        url = self.engine.url.set(drivername="postgresql")
+        try:
+            connection = await asyncpg.connect(url.render_as_string(hide_password=False))
+        except (OSError, asyncpg.PostgresError):
+            return False
+
+        def forward(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+            self.notifier.deliver(payload)
+
+        await connection.add_listener(NOTIFY_CHANNEL, forward)
+        self._listener = connection
+        return True
+
+    async def unlisten(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close()
+
+    async def _workflow_row(self, workflow_id: str, version: int | None) -> WorkflowVersion | None:
+        pool = await self._pg()
+        if version is not None:
+            record = await pool.fetchrow(_PG_WORKFLOW_VERSION, workflow_id, version)
+        else:
+            record = await pool.fetchrow(_PG_WORKFLOW_LATEST, workflow_id)
+        return _detached(WorkflowVersion, record) if record is not None else None
+
+    async def _insert_run(self, **values: Any) -> tuple[Run, bool]:
+        """The INSERT and its notification in one statement."""
+        row = _detached(Run, values)
+        pool = await self._pg()
+        try:
+            await pool.execute(
+                _PG_CREATE_RUN,
+                row.id,
+                row.workflow_id,
+                row.workflow_version,
+                json_dumps(row.input),
+                json_dumps(row.config),
+                row.idempotency_key,
+                row.request_hash,
+                row.created_at,
+                row.fork_of,
+                json_dumps(row.vars_patch),
+                NOTIFY_CHANNEL,
+            )
+        except _unique_violation() as exc:
+            key = row.idempotency_key
+            existing = await self.run_by_idempotency_key(key) if key is not None else None
+            if existing is None:
+                raise IntegrityError(_PG_CREATE_RUN, None, exc) from exc
+            if existing.request_hash != row.request_hash:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {key!r} was used for a different request"
+                ) from None
+            return existing, False
+        self._announce(RunQueued(row.id))
+        return row, True
+
+    async def count_queued(self) -> int:
+        pool = await self._pg()
+        return int(await pool.fetchval(_PG_COUNT_QUEUED))
+
+    async def run_by_idempotency_key(self, key: str) -> Run | None:
+        pool = await self._pg()
+        return _run_from(await pool.fetchrow(_PG_RUN_BY_KEY, key))
+
+    async def get_run(self, run_id: str) -> Run | None:
+        pool = await self._pg()
+        return _run_from(await pool.fetchrow(_PG_GET_RUN, run_id))
+
+    async def claim_runs(self, owner: str, lease_seconds: float, limit: int) -> list[Run]:
+        """One statement: lock, claim and return the rows."""
+        if limit <= 0:
+            return []
+        pool = await self._pg()
+        records = await pool.fetch(_PG_CLAIM, owner, float(lease_seconds), limit)
+        claimed = [_detached(Run, record) for record in records]
+        claimed.sort(key=lambda run: run.created_at)
+        return claimed
+
+    async def heartbeat(
+        self, owner: str, leases: Iterable[Lease], lease_seconds: float
+    ) -> tuple[list[str], list[str]]:
+        """One statement for every lease."""
+        leases = list(leases)
+        if not leases:
+            return [], []
+        pool = await self._pg()
+        ids = [lease.run_id for lease in leases]
+        record = await pool.fetchrow(
+            _PG_HEARTBEAT, ids, [lease.epoch for lease in leases], owner, float(lease_seconds)
+        )
+        kept = set(record["kept"] or ())
+        return [i for i in ids if i not in kept], list(record["cancel"] or ())
+
+    async def cancel_requested(self, run_id: str) -> bool:
+        pool = await self._pg()
+        return bool(await pool.fetchval(_PG_CANCEL_REQUESTED, run_id))
+
+    def _connection_errors(self) -> tuple[type[BaseException], ...]:
+        """Errors of an asyncpg connection that died (the statement may be retried)."""
+        import asyncpg
+
+        return (
+            OSError,
+            asyncpg.PostgresConnectionError,
+            asyncpg.InterfaceError,
+            asyncpg.exceptions.ConnectionDoesNotExistError,
+        )
+
+    async def _commit_progress(
+        self,
+        lease: Lease,
+        records: Sequence[CheckpointRecord],
+        events: Sequence[Event],
+        *,
+        status: str | None = None,
+        current_nodes: list[str] | None = None,
+        outcome: tuple[str, Any, dict[str, Any] | None] | None = None,
+        bulk: bool = False,
+    ) -> None:
+        """commit_progress on Postgres: ONE statement, so one transaction and one round
+        trip. The fenced UPDATE of the run is a CTE the INSERTs select from: when the
+        fence matches no row (the lease moved), they insert nothing."""
+        now = time.time()
+        run_id = lease.run_id
+        if outcome is not None:  # the outcome sets both
+            status = current_nodes = None
+        args: list[Any] = [run_id, lease.owner, lease.epoch, now]
+        results: list[tuple[str, NodeCheckpoint]] = []
+        if records:
+            results = [item for r in records for item in r.completed.items()]
+        key = (
+            bool(records),
+            bool(results),
+            bool(events),
+            status is not None,
+            current_nodes is not None,
+            outcome is not None,
+        )
+        sql = self._progress_sql.get(key)
+        if sql is None:
+            sql = self._progress_sql[key] = _pg_progress_sql(*key)
+        if events:
+            args.append(events[-1].seq)
+        if records:
+            args.append(records[-1].sequence)
+        if current_nodes is not None:
+            args.append(json_dumps(current_nodes))
+        if status is not None:
+            args.append(status)
+        if outcome is not None:
+            final, output, error = outcome
+            args += [final, json_dumps(output), json_dumps(error), NOTIFY_CHANNEL]
+        if records:
+            args += [
+                [r.sequence for r in records],
+                [r.parent for r in records],
+                [r.status for r in records],
+                [r.event_seq for r in records],
+                [r.created_at for r in records],
+                [json_dumps(_record_json(r)) for r in records],
+            ]
+        if results:
+            args += [
+                [node_id for node_id, _ in results],
+                [n.status for _, n in results],
+                [json_dumps(n.output) for _, n in results],
+                [n.error for _, n in results],
+                [n.error_kind for _, n in results],
+                [n.attempts for _, n in results],
+                [n.started_at for _, n in results],
+                [n.finished_at for _, n in results],
+            ]
+        if events:
+            args += [
+                [e.seq for e in events],
+                [e.type.value for e in events],
+                [e.node_id for e in events],
+                [json_dumps(e.data) for e in events],
+                [e.timestamp for e in events],
+            ]
+        pool = await self._pg()
+        if not await pool.fetchval(sql, *args):
+            raise LeaseLost(f"run {run_id!r} is no longer held by {lease.owner!r}")
+        if outcome is not None:
+            self._announce(RunFinished(run_id))
+
+    async def finish_run(
+        self,
+        lease: Lease,
+        status: str,
+        output: Any,
+        error: dict[str, Any] | None,
+        *,
+        parked: bool = False,
+        wake_at: float | None = None,
+    ) -> None:
+        """The fenced UPDATE and its notification in one statement."""
+        if status not in TERMINAL and status != WAITING:
+            raise InvalidTransition(f"{status!r} is not an outcome")
+        if parked and status != WAITING:
+            raise InvalidTransition("only a waiting run parks")
+        pool = await self._pg()
+        done = await pool.fetchval(
+            _PG_FINISH,
+            lease.run_id,
+            lease.owner,
+            lease.epoch,
+            sources_of(status),
+            status,
+            json_dumps(output),
+            json_dumps(error),
+            time.time() if status in TERMINAL else None,
+            time.time(),
+            NOTIFY_CHANNEL,
+            parked,
+            wake_at,
+        )
+        if not done:
+            raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
+        self._announce(RunFinished(lease.run_id))
+
+    async def events_after(self, run_id: str, after_seq: int, limit: int = 500) -> list[EventRow]:
+        pool = await self._pg()
+        return [
+            _detached(EventRow, r) for r in await pool.fetch(_PG_EVENTS, run_id, after_seq, limit)
+        ]
+
+    async def last_event_seq(self, run_id: str) -> int:
+        pool = await self._pg()
+        return int(await pool.fetchval(_PG_LAST_EVENT_SEQ, run_id))
+
+
+def _run_from(record: Any) -> Run | None:
+    return _detached(Run, record) if record is not None else None
+
+
+# ----------------------------------------------------------------------- statements
+
+_RUN_COLUMNS = ", ".join(column.name for column in Run.__table__.columns)
+_WORKFLOW_COLUMNS = ", ".join(column.name for column in WorkflowVersion.__table__.columns)
+#: the database clock as epoch seconds (see ``db_now``)
+_PG_NOW = "extract(epoch FROM clock_timestamp())::float8"
+_PG_ACTIVE = sql_list(ACTIVE)
+
+
+def _pg_value(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value == []:
+        return "'[]'::jsonb"
+    raise ValueError(f"no SQL literal for {value!r}")
+
+
+#: ``lifecycle.LET_GO`` as SET clauses
+_PG_LET_GO = [f"{name} = {_pg_value(value)}" for name, value in LET_GO.items()]
+#: ... but for the parking columns and the cancellation (``finish_run`` sets those)
+_PG_LET_GO_BUT_PARKING = ", ".join(
+    f"{name} = {_pg_value(value)}"
+    for name, value in LET_GO.items()
+    if name not in ("parked", "wake_at", "cancel_requested")
+)
+_PG_COUNT_QUEUED = f"SELECT count(*) FROM runs WHERE status = '{QUEUED}'"
+_PG_CANCEL_REQUESTED = "SELECT cancel_requested FROM runs WHERE id = $1"
+_PG_LAST_EVENT_SEQ = "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = $1"
+
+_PG_CREATE_RUN = f"""
+WITH created AS (
+    INSERT INTO runs (id, workflow_id, workflow_version, status, input, config,
+        idempotency_key, request_hash, created_at, updated_at, epoch, claims, event_seq,
+        checkpoint_seq, fork_of, vars_patch, cancel_requested)
+    VALUES ($1, $2, $3, '{QUEUED}', $4::jsonb, $5::jsonb, $6, $7, $8, $8, 0, 0, 0, 0, $9,
+        $10::jsonb, false)
+    RETURNING id
+)
+SELECT pg_notify($11, '{QUEUED_PREFIX}' || id) FROM created
+"""
+_PG_GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1"
+_PG_RUN_BY_KEY = f"SELECT {_RUN_COLUMNS} FROM runs WHERE idempotency_key = $1"
+_PG_WORKFLOW_VERSION = (
+    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE workflow_id = $1 AND version = $2"
+)
+_PG_WORKFLOW_LATEST = (
+    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE workflow_id = $1 "
+    "ORDER BY version DESC LIMIT 1"
+)
+_PG_CLAIM = f"""
+UPDATE runs SET status = '{RUNNING}', owner = $1, lease_until = {_PG_NOW} + $2,
+    epoch = epoch + 1, claims = claims + 1, started_at = coalesce(started_at, {_PG_NOW}),
+    updated_at = {_PG_NOW}, parked = false, wake_at = NULL
+WHERE id IN (
+    SELECT id FROM runs
+    WHERE status = '{QUEUED}' OR (status IN {_PG_ACTIVE} AND lease_until < {_PG_NOW})
+        OR (status = '{WAITING}' AND parked AND wake_at <= {_PG_NOW})
+    ORDER BY created_at
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING {_RUN_COLUMNS}
+"""
+_PG_HEARTBEAT = f"""
+WITH kept AS (
+    UPDATE runs SET lease_until = {_PG_NOW} + $4
+    FROM unnest($1::text[], $2::int[]) AS lease(id, epoch)
+    WHERE runs.id = lease.id AND runs.epoch = lease.epoch AND runs.owner = $3
+        AND runs.status IN {_PG_ACTIVE}
+    RETURNING runs.id
+)
+SELECT (SELECT array_agg(id) FROM kept) AS kept,
+    (SELECT array_agg(id) FROM runs WHERE id = ANY($1::text[]) AND cancel_requested) AS cancel
+"""
+_PG_FINISH = f"""
+WITH finished AS (
+    UPDATE runs SET status = $5, output = $6::jsonb, error = $7::jsonb, finished_at = $8,
+        {_PG_LET_GO_BUT_PARKING}, updated_at = $9,
+        parked = $11, cancel_requested = $11 AND cancel_requested,
+        wake_at = CASE WHEN $11 AND (cancel_requested OR EXISTS (
+            SELECT 1 FROM signals WHERE signals.run_id = $1 AND NOT signals.delivered))
+            THEN {_PG_NOW} ELSE $12 END
+    WHERE id = $1 AND owner = $2 AND epoch = $3 AND status = ANY($4::text[])
+    RETURNING id
+)
+SELECT count(pg_notify($10, '{FINISHED_PREFIX}' || id)) FROM finished
+"""
+_PG_EVENTS = (
+    "SELECT run_id, seq, type, node_id, data, created_at FROM events "
+    "WHERE run_id = $1 AND seq > $2 ORDER BY seq LIMIT $3"
+)
+
+
+def _pg_progress_sql(
+    records: bool, results: bool, events: bool, status: bool, current: bool, outcome: bool
+) -> str:
+    """The statement of one shape of commit_progress (the shapes are few: cached)."""
+    sets = ["updated_at = $4"]
+    n = 4
+
+    def param() -> str:
+        nonlocal n
+        n += 1
+        return f"${n}"
+
+    if events:
+        sets.append(f"event_seq = greatest(event_seq, {param()})")
+    if records:
+        # the run's own checkpoints now supersede a resume request
+        sets += [f"checkpoint_seq = {param()}", "resume_from = NULL", "vars_patch = NULL"]
+    if current:
+        sets.append(f"current_nodes = {param()}::jsonb")
+    if status:
+        sets.append(f"status = {param()}")
+    notify = ""
+    if outcome:  # (without ``status`` and ``current``: the outcome sets both)
+        sets += [
+            f"status = {param()}",
+            f"output = {param()}::jsonb",
+            f"error = {param()}::jsonb",
+            "finished_at = $4",
+            *_PG_LET_GO,
+        ]
+        notify = param()
+    parts = [
+        f"WITH fence AS (UPDATE runs SET {', '.join(dict.fromkeys(sets))} "
+        f"WHERE id = $1 AND owner = $2 AND epoch = $3 AND status IN {_PG_ACTIVE} RETURNING id)"
+    ]
+    if records:
+        a = [param() for _ in range(6)]
+        parts.append(
+            "checkpoint_rows AS (INSERT INTO checkpoints "
+            "(run_id, sequence, parent, status, event_seq, created_at, record) "
+            "SELECT fence.id, r.sequence, r.parent, r.status, r.event_seq, r.created_at, "
+            "r.record::jsonb FROM fence, "
+            f"unnest({a[0]}::int[], {a[1]}::int[], {a[2]}::text[], {a[3]}::int[], "
+            f"{a[4]}::float8[], {a[5]}::text[]) "
+            "AS r(sequence, parent, status, event_seq, created_at, record) "
+            "ON CONFLICT DO NOTHING)"
+        )
+    if results:
+        a = [param() for _ in range(8)]
+        parts.append(
+            "result_rows AS (INSERT INTO node_results (run_id, node_id, iteration, status, "
+            "output, error, error_kind, attempts, started_at, finished_at, committed_at) "
+            "SELECT fence.id, r.node_id, 0, r.status, r.output::jsonb, r.error, r.error_kind, "
+            "r.attempts, r.started_at, r.finished_at, $4::float8 FROM fence, "
+            f"unnest({a[0]}::text[], {a[1]}::text[], {a[2]}::text[], {a[3]}::text[], "
+            f"{a[4]}::text[], {a[5]}::int[], {a[6]}::float8[], {a[7]}::float8[]) "
+            "AS r(node_id, status, output, error, error_kind, attempts, started_at, "
+            "finished_at) ON CONFLICT DO NOTHING)"
+        )
+    if events:
+        a = [param() for _ in range(5)]
+        parts.append(
+            "event_rows AS (INSERT INTO events (run_id, seq, type, node_id, data, created_at) "
+            "SELECT fence.id, e.seq, e.type, e.node_id, e.data::jsonb, e.created_at FROM fence, "
+            f"unnest({a[0]}::int[], {a[1]}::text[], {a[2]}::text[], {a[3]}::text[], "
+            f"{a[4]}::float8[]) AS e(seq, type, node_id, data, created_at) "
+            "ON CONFLICT DO NOTHING)"
+        )
+    if outcome:
+        select = f"SELECT count(pg_notify({notify}, '{FINISHED_PREFIX}' || id)) FROM fence"
+    else:
+        select = "SELECT count(*) FROM fence"
+    return ",\n".join(parts) + "\n" + select
+
+
+def _unique_violation() -> type[Exception]:
+    import asyncpg
+
+    error: type[Exception] = asyncpg.UniqueViolationError
+    return error
