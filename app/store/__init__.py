@@ -2,7 +2,8 @@
 
 ``Store`` (``repository``) is the portable implementation (SQLAlchemy: SQLite, and any
 database it speaks); ``PostgresStore`` (``postgres``) runs Postgres's hot path on
-asyncpg. ``open_store`` picks the one for an engine."""
+asyncpg, and ``SqliteStore`` (``sqlite``) SQLite's on one writer thread. ``open_store``
+picks the one for an engine."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.store.db import is_postgres
 from app.store.repository import Store
+from app.store.sqlite import SqliteStore, sqlite_path
 
 
 def open_store(engine: AsyncEngine) -> Store:
@@ -18,7 +20,10 @@ def open_store(engine: AsyncEngine) -> Store:
         from app.store.postgres import PostgresStore
 
         return PostgresStore(engine)
+    path = sqlite_path(engine) if engine.dialect.name == "sqlite" else None
+    if path is not None:
+        return SqliteStore(engine, path)
     return Store(engine)
 
 
-__all__ = ["Store", "open_store"]
+__all__ = ["SqliteStore", "Store", "open_store"]

@@ -1,0 +1,526 @@
+"""``SqliteStore``: the store on SQLite, its hot path on one writer thread.
+
+SQLite takes one writer at a time, so the hot path has exactly one: a thread owning a
+connection (WAL, ``synchronous=NORMAL``) that runs the writes every run makes (create,
+claim, heartbeat, commit progress, finish, take signals). The writes queued when it comes
+round commit together (group commit): one ``BEGIN IMMEDIATE``, each write in a
+``SAVEPOINT`` of its own, so one that fails (a lost lease, a taken key) is rolled back
+alone, one ``COMMIT``, and only then is every caller answered. Queued writes are taken
+first come, first served: a journal committing batch after batch cannot keep a lease
+heartbeat waiting. The hot path's reads go to a reader thread with its own connection
+(in WAL mode a reader never waits for the writer). Statements are plain ``sqlite3``: no
+ORM, no SQLAlchemy compilation, and one thread hop per batch instead of one per
+statement. Everything else is the portable ``Store``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import JSON, Boolean, event
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from app.engine import Event
+from app.engine.checkpoint import CheckpointRecord
+from app.store.db import json_dumps
+from app.store.errors import IdempotencyConflict, InvalidTransition, LeaseLost
+from app.store.lifecycle import (
+    ACTIVE,
+    LET_GO,
+    QUEUED,
+    RUNNING,
+    TERMINAL,
+    WAITING,
+    sources_of,
+    sql_list,
+)
+from app.store.models import EventRow, Run, SignalRow, WorkflowVersion
+from app.store.notifications import RunFinished, RunQueued
+from app.store.repository import Lease, Store, _detached, _record_json
+
+T = TypeVar("T")
+#: the most writes one transaction takes (a batch never waits to fill up)
+MAX_BATCH = 256
+_Job = tuple[Callable[[sqlite3.Connection], Any], asyncio.Future[Any], asyncio.AbstractEventLoop]
+
+
+def sqlite_path(engine: AsyncEngine) -> str | None:
+    """The database file of a SQLite engine (None: in memory, which one connection owns)."""
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
+class _Worker:
+    """A thread owning one connection, running the callables queued from event loops.
+    The writer runs each batch in one transaction; the reader runs them one by one."""
+
+    def __init__(self, path: str, name: str, *, writes: bool) -> None:
+        self._path, self._name, self._writes = path, name, writes
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._started = threading.Lock()
+
+    def submit(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if self._thread is None:
+            with self._started:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._serve, name=self._name)
+                    self._thread.daemon = True
+                    self._thread.start()
+        self._jobs.put((job, future, loop))
+        return future
+
+    def stop(self) -> None:
+        """Finish the queued jobs, close the connection, end the thread."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._jobs.put(None)
+            thread.join(10)
+
+    def _serve(self) -> None:
+        connection = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute("PRAGMA synchronous=NORMAL")
+            connection.execute("PRAGMA busy_timeout=30000")
+            while (job := self._jobs.get()) is not None:
+                batch = [job]
+                while len(batch) < MAX_BATCH:
+                    try:
+                        job = self._jobs.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is None:
+                        self._jobs.put(None)  # stop after this batch
+                        break
+                    batch.append(job)
+                run = self._transact if self._writes else self._each
+                _answer(batch, run(connection, [fn for fn, _, _ in batch]))
+        finally:
+            connection.close()
+
+    @staticmethod
+    def _each(connection: sqlite3.Connection, jobs: list[Callable[..., Any]]) -> list[Any]:
+        outcomes: list[Any] = []
+        for fn in jobs:
+            try:
+                outcomes.append((True, fn(connection)))
+            except BaseException as exc:  # handed to the caller, which raises it
+                outcomes.append((False, exc))
+        return outcomes
+
+    @staticmethod
+    def _transact(connection: sqlite3.Connection, jobs: list[Callable[..., Any]]) -> list[Any]:
+        outcomes: list[Any] = []
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            for fn in jobs:
+                connection.execute("SAVEPOINT job")
+                try:
+                    outcomes.append((True, fn(connection)))
+                except BaseException as exc:
+                    connection.execute("ROLLBACK TO job")
+                    outcomes.append((False, exc))
+                connection.execute("RELEASE job")
+            connection.execute("COMMIT")
+        except BaseException as exc:  # BEGIN or COMMIT failed: none of the batch holds
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            return [(False, exc)] * len(jobs)
+        return outcomes
+
+
+def _answer(batch: list[_Job], outcomes: list[Any]) -> None:
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], Any]]] = {}
+    for (_, future, loop), outcome in zip(batch, outcomes, strict=True):
+        by_loop.setdefault(loop, []).append((future, outcome))
+    for loop, answers in by_loop.items():
+        # one wake-up of each loop for the whole batch (a loop that closed: no one waits)
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, answers)
+
+
+def _settle(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
+    for future, (ok, value) in answers:
+        if future.done():  # its caller was cancelled
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+def _decoder(model: Any) -> Callable[[sqlite3.Row | tuple[Any, ...] | None], Any]:
+    """Rows of ``model``'s table (its columns in order) as detached instances: JSON
+    columns decoded, booleans made bool (SQLite stores them as 0 and 1)."""
+    columns = [
+        (
+            c.name,
+            "json" if isinstance(c.type, JSON) else "bool" if isinstance(c.type, Boolean) else "",
+        )
+        for c in model.__table__.columns
+    ]
+
+    def decode(row: Any) -> Any:
+        if row is None:
+            return None
+        values = {}
+        for (name, kind), value in zip(columns, row, strict=True):
+            if kind == "json":
+                # a column of type JSON has numeric affinity: SQLite stores the text of
+                # a JSON number as that number, and hands the number back
+                value = json.loads(value) if isinstance(value, str) else value
+            elif kind == "bool" and value is not None:
+                value = bool(value)
+            values[name] = value
+        return _detached(model, values)
+
+    return decode
+
+
+def _columns(model: Any) -> str:
+    return ", ".join(column.name for column in model.__table__.columns)
+
+
+_run = _decoder(Run)
+_workflow = _decoder(WorkflowVersion)
+_event = _decoder(EventRow)
+_signal = _decoder(SignalRow)
+_ACTIVE = sql_list(ACTIVE)
+#: ``lifecycle.LET_GO`` as SET clauses ...
+_LET_GO = {
+    name: "NULL" if value is None else "'[]'" if value == [] else str(int(value))
+    for name, value in LET_GO.items()
+}
+_LET_GO_SQL = ", ".join(f"{name} = {value}" for name, value in _LET_GO.items())
+#: ... but for the parking columns and the cancellation (``finish_run`` sets those)
+_LET_GO_BUT_PARKING = ", ".join(
+    f"{name} = {value}"
+    for name, value in _LET_GO.items()
+    if name not in ("parked", "wake_at", "cancel_requested")
+)
+_IDS = "(SELECT value FROM json_each(?))"  # a list of ids as one parameter
+
+
+class SqliteStore(Store):
+    """The store, with SQLite's hot path on one writer thread."""
+
+    def __init__(self, engine: AsyncEngine, path: str) -> None:
+        super().__init__(engine)
+        self._writer = _Worker(path, "flowcore-sqlite-writer", writes=True)
+        self._reader = _Worker(path, "flowcore-sqlite-reader", writes=False)
+        event.listen(engine.sync_engine, "engine_disposed", self._engine_disposed)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._stop)
+
+    def _engine_disposed(self, _engine: Any) -> None:
+        self._stop()
+
+    def _stop(self) -> None:
+        self._writer.stop()
+        self._reader.stop()
+
+    def _write_job(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        return self._writer.submit(job)
+
+    def _read_job(self, job: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        return self._reader.submit(job)
+
+    # ------------------------------------------------------------------ reads
+
+    async def _workflow_row(self, workflow_id: str, version: int | None) -> WorkflowVersion | None:
+        sql, args = (
+            (_WORKFLOW_VERSION, (workflow_id, version))
+            if version is not None
+            else (_WORKFLOW_LATEST, (workflow_id,))
+        )
+        return await self._read_job(lambda c: _workflow(c.execute(sql, args).fetchone()))
+
+    async def count_queued(self) -> int:
+        return await self._read_job(lambda c: int(c.execute(_COUNT_QUEUED).fetchone()[0]))
+
+    async def run_by_idempotency_key(self, key: str) -> Run | None:
+        return await self._read_job(lambda c: _run(c.execute(_RUN_BY_KEY, (key,)).fetchone()))
+
+    async def get_run(self, run_id: str) -> Run | None:
+        return await self._read_job(lambda c: _run(c.execute(_GET_RUN, (run_id,)).fetchone()))
+
+    async def cancel_requested(self, run_id: str) -> bool:
+        def read(c: sqlite3.Connection) -> bool:
+            row = c.execute(_CANCEL_REQUESTED, (run_id,)).fetchone()
+            return bool(row and row[0])
+
+        return await self._read_job(read)
+
+    async def events_after(self, run_id: str, after_seq: int, limit: int = 500) -> list[EventRow]:
+        args = (run_id, after_seq, limit)
+        return await self._read_job(lambda c: [_event(r) for r in c.execute(_EVENTS, args)])
+
+    async def last_event_seq(self, run_id: str) -> int:
+        return await self._read_job(lambda c: int(c.execute(_LAST_SEQ, (run_id,)).fetchone()[0]))
+
+    # ----------------------------------------------------------------- writes
+
+    async def _insert_run(self, **values: Any) -> tuple[Run, bool]:
+        row = _detached(Run, values)
+        args = (
+            row.id, row.workflow_id, row.workflow_version, json_dumps(row.input),
+            json_dumps(row.config), row.idempotency_key, row.request_hash, row.created_at,
+            row.fork_of, json_dumps(row.vars_patch),
+        )  # fmt: skip
+        try:
+            await self._write_job(lambda c: _execute(c, _CREATE_RUN, args))
+        except sqlite3.IntegrityError as exc:
+            key = row.idempotency_key
+            existing = await self.run_by_idempotency_key(key) if key is not None else None
+            if existing is None:
+                raise IntegrityError(_CREATE_RUN, None, exc) from exc
+            if existing.request_hash != row.request_hash:
+                raise IdempotencyConflict(
+                    f"Idempotency-Key {key!r} was used for a different request"
+                ) from None
+            return existing, False
+        self._announce(RunQueued(row.id))
+        return row, True
+
+    async def claim_runs(self, owner: str, lease_seconds: float, limit: int) -> list[Run]:
+        if limit <= 0:
+            return []
+
+        def claim(c: sqlite3.Connection) -> list[Run]:
+            now = time.time()
+            args = {"owner": owner, "until": now + lease_seconds, "now": now, "limit": limit}
+            return [_run(r) for r in c.execute(_CLAIM, args)]
+
+        claimed = await self._write_job(claim)
+        claimed.sort(key=lambda run: run.created_at)
+        return claimed
+
+    async def heartbeat(
+        self, owner: str, leases: Iterable[Lease], lease_seconds: float
+    ) -> tuple[list[str], list[str]]:
+        leases = list(leases)
+        if not leases:
+            return [], []
+        ids = [lease.run_id for lease in leases]
+
+        def beat(c: sqlite3.Connection) -> tuple[list[str], list[str]]:
+            until = time.time() + lease_seconds
+            lost = [
+                lease.run_id
+                for lease in leases
+                if not c.execute(_HEARTBEAT, (until, lease.run_id, owner, lease.epoch)).rowcount
+            ]
+            cancel = [r[0] for r in c.execute(_CANCELS, (json.dumps(ids),))]
+            return lost, cancel
+
+        return await self._write_job(beat)
+
+    async def take_signals(self, run_ids: Sequence[str]) -> list[SignalRow]:
+        if not run_ids:
+            return []
+        ids = json.dumps(list(run_ids))
+
+        def take(c: sqlite3.Connection) -> list[SignalRow]:
+            rows = [_signal(r) for r in c.execute(_SIGNALS, (ids,))]
+            if rows:
+                taken = json.dumps([row.id for row in rows])
+                c.execute(_DELIVERED, (taken,))
+            for row in rows:
+                row.delivered = True
+            return rows
+
+        return await self._write_job(take)
+
+    async def _commit_progress(
+        self,
+        lease: Lease,
+        records: Sequence[CheckpointRecord],
+        events: Sequence[Event],
+        *,
+        status: str | None = None,
+        current_nodes: list[str] | None = None,
+        outcome: tuple[str, Any, dict[str, Any] | None] | None = None,
+        bulk: bool = False,
+    ) -> None:
+        """commit_progress on the writer: the fenced UPDATE of the run, then the rows,
+        in the writer's transaction (a moved lease rolls back this write alone)."""
+        now = time.time()
+        sets = ["updated_at = :now"]
+        args: dict[str, Any] = {
+            "id": lease.run_id, "owner": lease.owner, "epoch": lease.epoch, "now": now,
+        }  # fmt: skip
+        if events:
+            sets.append("event_seq = max(event_seq, :event_seq)")
+            args["event_seq"] = events[-1].seq
+        if records:
+            # the run's own checkpoints now supersede a resume request
+            sets.append("checkpoint_seq = :checkpoint_seq, resume_from = NULL, vars_patch = NULL")
+            args["checkpoint_seq"] = records[-1].sequence
+        if outcome is not None:
+            final, output, error = outcome
+            if final not in TERMINAL:
+                raise InvalidTransition(f"{final!r} is not a terminal status")
+            sets.append(f"{_LET_GO_SQL}, status = :status, output = :output, error = :error")
+            sets.append("finished_at = :now")
+            args.update(status=final, output=json_dumps(output), error=json_dumps(error))
+        else:
+            if current_nodes is not None:
+                sets.append("current_nodes = :current_nodes")
+                args["current_nodes"] = json_dumps(current_nodes)
+            if status is not None:
+                sets.append("status = :status")
+                args["status"] = status
+        update = (
+            f"UPDATE runs SET {', '.join(sets)} WHERE id = :id AND owner = :owner "
+            f"AND epoch = :epoch AND status IN {_ACTIVE}"
+        )
+        checkpoints = [
+            (r.run_id, r.sequence, r.parent, r.status, r.event_seq, r.created_at,
+             json_dumps(_record_json(r)))
+            for r in records
+        ]  # fmt: skip
+        results = [
+            (lease.run_id, node_id, 0, n.status, json_dumps(n.output), n.error, n.error_kind,
+             n.attempts, n.started_at, n.finished_at, now)
+            for r in records
+            for node_id, n in r.completed.items()
+        ]  # fmt: skip
+        rows = [
+            (lease.run_id, e.seq, e.type.value, e.node_id, json_dumps(e.data), e.timestamp)
+            for e in events
+        ]
+
+        def commit(c: sqlite3.Connection) -> None:
+            if not c.execute(update, args).rowcount:
+                raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
+            if checkpoints:
+                c.executemany(_INSERT_CHECKPOINT, checkpoints)
+            if results:
+                c.executemany(_INSERT_RESULT, results)
+            if rows:
+                c.executemany(_INSERT_EVENT, rows)
+
+        await self._write_job(commit)
+        if outcome is not None:
+            self._announce(RunFinished(lease.run_id))
+
+    async def finish_run(
+        self,
+        lease: Lease,
+        status: str,
+        output: Any,
+        error: dict[str, Any] | None,
+        *,
+        parked: bool = False,
+        wake_at: float | None = None,
+    ) -> None:
+        if status not in TERMINAL and status != WAITING:
+            raise InvalidTransition(f"{status!r} is not an outcome")
+        if parked and status != WAITING:
+            raise InvalidTransition("only a waiting run parks")
+        now = time.time()
+        args = {
+            "id": lease.run_id, "owner": lease.owner, "epoch": lease.epoch,
+            "status": status, "output": json_dumps(output), "error": json_dumps(error),
+            "finished_at": now if status in TERMINAL else None, "now": now,
+            "parked": int(parked), "wake_at": wake_at,
+        }  # fmt: skip
+        sql = _FINISH.format(sources=sql_list(sources_of(status)))
+
+        def finish(c: sqlite3.Connection) -> None:
+            if not c.execute(sql, args).rowcount:
+                raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
+
+        await self._write_job(finish)
+        self._announce(RunFinished(lease.run_id))
+
+
+def _execute(connection: sqlite3.Connection, sql: str, args: Any) -> None:
+    connection.execute(sql, args)
+
+
+# ----------------------------------------------------------------------- statements
+
+_RUN_COLUMNS = _columns(Run)
+_WORKFLOW_COLUMNS = _columns(WorkflowVersion)
+_COUNT_QUEUED = f"SELECT count(*) FROM runs WHERE status = '{QUEUED}'"
+_CANCEL_REQUESTED = "SELECT cancel_requested FROM runs WHERE id = ?"
+_LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?"
+_GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?"
+_RUN_BY_KEY = f"SELECT {_RUN_COLUMNS} FROM runs WHERE idempotency_key = ?"
+_WORKFLOW_VERSION = (
+    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE workflow_id = ? AND version = ?"
+)
+_WORKFLOW_LATEST = (
+    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE workflow_id = ? "
+    "ORDER BY version DESC LIMIT 1"
+)
+_EVENTS = (
+    f"SELECT {_columns(EventRow)} FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
+)
+_CREATE_RUN = f"""
+INSERT INTO runs (id, workflow_id, workflow_version, status, input, config,
+    idempotency_key, request_hash, created_at, updated_at, epoch, claims, event_seq,
+    checkpoint_seq, fork_of, vars_patch, cancel_requested, parked)
+VALUES (?1, ?2, ?3, '{QUEUED}', ?4, ?5, ?6, ?7, ?8, ?8, 0, 0, 0, 0, ?9, ?10, 0, 0)
+"""
+_CLAIM = f"""
+UPDATE runs SET status = '{RUNNING}', owner = :owner, lease_until = :until,
+    epoch = epoch + 1, claims = claims + 1, started_at = coalesce(started_at, :now),
+    updated_at = :now, parked = 0, wake_at = NULL
+WHERE id IN (
+    SELECT id FROM runs
+    WHERE status = '{QUEUED}' OR (status IN {_ACTIVE} AND lease_until < :now)
+        OR (status = '{WAITING}' AND parked AND wake_at <= :now)
+    ORDER BY created_at
+    LIMIT :limit
+)
+RETURNING {_RUN_COLUMNS}
+"""
+_HEARTBEAT = (
+    "UPDATE runs SET lease_until = ? "
+    f"WHERE id = ? AND owner = ? AND epoch = ? AND status IN {_ACTIVE}"
+)
+_CANCELS = f"SELECT id FROM runs WHERE id IN {_IDS} AND cancel_requested"
+_SIGNALS = (
+    f"SELECT {_columns(SignalRow)} FROM signals "
+    f"WHERE run_id IN {_IDS} AND NOT delivered ORDER BY id"
+)
+_DELIVERED = f"UPDATE signals SET delivered = 1 WHERE id IN {_IDS}"
+_FINISH = f"""
+UPDATE runs SET status = :status, output = :output, error = :error,
+    finished_at = :finished_at, {_LET_GO_BUT_PARKING}, updated_at = :now,
+    parked = :parked, cancel_requested = :parked AND cancel_requested,
+    wake_at = CASE WHEN :parked AND (cancel_requested OR EXISTS (
+        SELECT 1 FROM signals WHERE signals.run_id = :id AND NOT signals.delivered))
+        THEN :now ELSE :wake_at END
+WHERE id = :id AND owner = :owner AND epoch = :epoch AND status IN {{sources}}
+"""
+_INSERT_CHECKPOINT = (
+    "INSERT OR IGNORE INTO checkpoints (run_id, sequence, parent, status, event_seq, "
+    "created_at, record) VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_RESULT = (
+    "INSERT OR IGNORE INTO node_results (run_id, node_id, iteration, status, output, error, "
+    "error_kind, attempts, started_at, finished_at, committed_at) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_INSERT_EVENT = (
+    "INSERT OR IGNORE INTO events (run_id, seq, type, node_id, data, created_at) "
+    "VALUES (?, ?, ?, ?, ?, ?)"
+)
