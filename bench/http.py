@@ -58,9 +58,10 @@ from app.config import Settings
 from app.engine import create_workflow
 from app.runtime.wiring import build
 from app.store.db import is_postgres
-from app.store.models import NodeResultRow, Run, WorkflowVersion
+from app.store.models import NodeResultRow, Run
 from app.store.notifications import Notification, RunFinished
 from app.store.postgres import PostgresStore
+from app.store.records import StoredWorkflow
 from app.store.repository import Store
 from bench._service import (
     backend_cpu,
@@ -268,12 +269,12 @@ class InProcessService:
         if future is not None and not future.done():
             future.set_result(None)  # its outcome is committed
 
-    async def add_workflow(self, raw: Raw) -> WorkflowVersion:
+    async def add_workflow(self, raw: Raw) -> StoredWorkflow:
         definition = create_workflow(raw, limits=self.settings.execution_config())
         data = definition.model_dump(mode="json", exclude_none=True)
         return await self.store.create_workflow_version(definition.id, definition.name, data)
 
-    async def run(self, workflow: WorkflowVersion) -> Outcome:
+    async def run(self, workflow: StoredWorkflow) -> Outcome:
         """Queue a run and wait for its outcome to be committed."""
         run_id = uuid.uuid4().hex
         future = asyncio.get_running_loop().create_future()

@@ -43,8 +43,8 @@ from app.observability import metrics
 from app.runtime.definitions import DefinitionCache
 from app.runtime.journal import RunJournal
 from app.store.errors import LeaseLost
-from app.store.models import Run
 from app.store.notifications import Notification, RunControl
+from app.store.records import StoredRun
 from app.store.repository import Lease, Store
 
 logger = logging.getLogger("flowcore.runtime")
@@ -208,7 +208,7 @@ class Dispatcher:
         while not self._stopping:
             self._wake.clear()
             free = self.settings.max_concurrent_runs - len(self.active)
-            claimed: list[Run] = []
+            claimed: list[StoredRun] = []
             if free > 0:
                 try:
                     claimed = await self.store.claim_runs(
@@ -248,7 +248,7 @@ class Dispatcher:
             self._next_wake = wake_at
             self._wake.set()
 
-    def _start(self, run: Run) -> None:
+    def _start(self, run: StoredRun) -> None:
         previous = self.active.get(run.id)
         if previous is not None:
             # an older execution of this run (resumed in place, or its lease expired
@@ -300,7 +300,7 @@ class Dispatcher:
 
     # ------------------------------------------------------------------ executing
 
-    async def _execute(self, active: ActiveRun, run: Run) -> None:
+    async def _execute(self, active: ActiveRun, run: StoredRun) -> None:
         lease, journal, executor = active.lease, active.journal, active.executor
         journal.start()
         metrics.ACTIVE_RUNS.inc()
@@ -359,7 +359,9 @@ class Dispatcher:
                 del self.active[run.id]
             self._wake.set()
 
-    async def _run(self, executor: WorkflowExecutor, journal: RunJournal, run: Run) -> RunResult:
+    async def _run(
+        self, executor: WorkflowExecutor, journal: RunJournal, run: StoredRun
+    ) -> RunResult:
         sinks: list[EventSink] = [journal]
         config = run.config or None
         if run.fork_of and not run.checkpoint_seq:  # a fork that has not checkpointed yet

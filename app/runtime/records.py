@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from app.store.models import CheckpointRow, EventRow, Run, WorkflowVersion
+from app.store.records import StoredCheckpoint, StoredEvent, StoredRun, StoredWorkflow
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ class WorkflowRecord:
     definition: dict[str, Any]
 
     @classmethod
-    def of(cls, row: WorkflowVersion) -> WorkflowRecord:
+    def of(cls, row: StoredWorkflow) -> WorkflowRecord:
         return cls(
             row.workflow_id, row.version, row.name, bool(row.archived), row.created_at,
             row.definition,
@@ -60,7 +60,7 @@ class RunRecord:
     config: dict[str, Any] | None = None
 
     @classmethod
-    def of(cls, row: Run) -> RunRecord:
+    def of(cls, row: StoredRun) -> RunRecord:
         parked = bool(row.parked)
         return cls(
             id=row.id,
@@ -88,20 +88,8 @@ class RunRecord:
         return (self.finished_at - self.started_at) * 1000.0
 
 
-@dataclass(frozen=True, slots=True)
-class EventRecord:
-    """One event of a run's durable log."""
-
-    run_id: str
-    seq: int
-    type: str
-    node_id: str | None
-    data: dict[str, Any]
-    created_at: float
-
-    @classmethod
-    def of(cls, row: EventRow) -> EventRecord:
-        return cls(row.run_id, row.seq, row.type, row.node_id, row.data, row.created_at)
+#: one event of a run's durable log: the store's record is already what callers see
+EventRecord = StoredEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +110,7 @@ class CheckpointSummary:
         return f"{self.run_id}:{self.sequence}"
 
     @classmethod
-    def of(cls, row: CheckpointRow) -> CheckpointSummary:
+    def of(cls, row: StoredCheckpoint) -> CheckpointSummary:
         return cls(
             row.run_id,
             row.sequence,

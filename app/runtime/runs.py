@@ -33,8 +33,8 @@ from app.runtime.records import (
     RunTrace,
 )
 from app.store.lifecycle import TERMINAL
-from app.store.models import Run
 from app.store.notifications import Notification, RunFinished
+from app.store.records import StoredRun
 from app.store.repository import Store
 
 #: knobs the service decides for every run: a run is always checkpointed (that is what
@@ -132,7 +132,7 @@ class RunService:
         )
         return await self._waited(run, not created, wait)
 
-    async def _waited(self, run: Run, replayed: bool, wait: float | None) -> Started:
+    async def _waited(self, run: StoredRun, replayed: bool, wait: float | None) -> Started:
         if wait:
             seconds = min(wait, self.settings.max_wait_seconds)
             finished = await self.wait_for_outcome(run.id, seconds)
@@ -172,7 +172,7 @@ class RunService:
     async def get(self, run_id: str) -> RunRecord:
         return RunRecord.of(await self._row(run_id))
 
-    async def _row(self, run_id: str) -> Run:
+    async def _row(self, run_id: str) -> StoredRun:
         run = await self.store.get_run(run_id)
         if run is None:
             raise NotFound(f"no run {run_id!r}")
@@ -193,7 +193,7 @@ class RunService:
         rows = await self.store.events_after(run_id, after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
-        return Page([EventRecord.of(r) for r in rows], str(rows[-1].seq) if more else None)
+        return Page(rows, str(rows[-1].seq) if more else None)
 
     async def trace(self, run_id: str) -> RunTrace:
         """Duration and per-node timings, attempts and errors, from the node ledger."""

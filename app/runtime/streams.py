@@ -24,7 +24,7 @@ from app.engine import Event
 from app.engine.events import TERMINAL_EVENTS
 from app.observability import metrics
 from app.store.lifecycle import TERMINAL
-from app.store.models import EventRow
+from app.store.records import StoredEvent
 from app.store.repository import Store
 
 
@@ -55,7 +55,7 @@ def _event_json(run_id: str, seq: int, type: str, node_id: str | None, data: Any
     )
 
 
-def _from_row(row: EventRow, framing: Framing) -> tuple[int, str, bytes]:
+def _from_row(row: StoredEvent, framing: Framing) -> tuple[int, str, bytes]:
     payload = _event_json(row.run_id, row.seq, row.type, row.node_id, row.data, row.created_at)
     return row.seq, row.type, framing.event(row.seq, row.type, payload)
 

@@ -18,14 +18,14 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import event, text
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.util.concurrency import await_
 
 from app.engine import Event
 from app.engine.checkpoint import CheckpointRecord, NodeCheckpoint
+from app.store.base import _record_json
 from app.store.db import create_pg_pool, json_dumps
-from app.store.errors import IdempotencyConflict, InvalidTransition, LeaseLost
+from app.store.errors import LeaseLost
 from app.store.lifecycle import (
     ACTIVE,
     LET_GO,
@@ -36,16 +36,16 @@ from app.store.lifecycle import (
     sources_of,
     sql_list,
 )
-from app.store.models import EventRow, Run, WorkflowVersion
+from app.store.models import Run, WorkflowVersion
 from app.store.notifications import (
     FINISHED_PREFIX,
     QUEUED_PREFIX,
     Notification,
-    RunFinished,
     RunQueued,
     encode,
 )
-from app.store.repository import NOTIFY_CHANNEL, Lease, Store, _detached, _record_json
+from app.store.records import StoredEvent, StoredRun, StoredWorkflow
+from app.store.repository import NOTIFY_CHANNEL, Lease, Store
 
 
 class PostgresStore(Store):
@@ -135,17 +135,17 @@ class PostgresStore(Store):
             with contextlib.suppress(Exception):
                 await listener.close()
 
-    async def _workflow_row(self, workflow_id: str, version: int | None) -> WorkflowVersion | None:
+    async def _workflow_row(self, workflow_id: str, version: int | None) -> StoredWorkflow | None:
         pool = await self._pg()
         if version is not None:
             record = await pool.fetchrow(_PG_WORKFLOW_VERSION, workflow_id, version)
         else:
             record = await pool.fetchrow(_PG_WORKFLOW_LATEST, workflow_id)
-        return _detached(WorkflowVersion, record) if record is not None else None
+        return StoredWorkflow.from_mapping(record) if record is not None else None
 
-    async def _insert_run(self, **values: Any) -> tuple[Run, bool]:
+    async def _insert_run(self, **values: Any) -> tuple[StoredRun, bool]:
         """The INSERT and its notification in one statement."""
-        row = _detached(Run, values)
+        row = StoredRun.from_mapping(values)
         pool = await self._pg()
         try:
             await pool.execute(
@@ -163,15 +163,7 @@ class PostgresStore(Store):
                 NOTIFY_CHANNEL,
             )
         except _unique_violation() as exc:
-            key = row.idempotency_key
-            existing = await self.run_by_idempotency_key(key) if key is not None else None
-            if existing is None:
-                raise IntegrityError(_PG_CREATE_RUN, None, exc) from exc
-            if existing.request_hash != row.request_hash:
-                raise IdempotencyConflict(
-                    f"Idempotency-Key {key!r} was used for a different request"
-                ) from None
-            return existing, False
+            return await self._taken(row.idempotency_key, row.request_hash, exc), False
         self._announce(RunQueued(row.id))
         return row, True
 
@@ -179,21 +171,21 @@ class PostgresStore(Store):
         pool = await self._pg()
         return int(await pool.fetchval(_PG_COUNT_QUEUED))
 
-    async def run_by_idempotency_key(self, key: str) -> Run | None:
+    async def run_by_idempotency_key(self, key: str) -> StoredRun | None:
         pool = await self._pg()
         return _run_from(await pool.fetchrow(_PG_RUN_BY_KEY, key))
 
-    async def get_run(self, run_id: str) -> Run | None:
+    async def get_run(self, run_id: str) -> StoredRun | None:
         pool = await self._pg()
         return _run_from(await pool.fetchrow(_PG_GET_RUN, run_id))
 
-    async def claim_runs(self, owner: str, lease_seconds: float, limit: int) -> list[Run]:
+    async def claim_runs(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
         """One statement: lock, claim and return the rows."""
         if limit <= 0:
             return []
         pool = await self._pg()
         records = await pool.fetch(_PG_CLAIM, owner, float(lease_seconds), limit)
-        claimed = [_detached(Run, record) for record in records]
+        claimed = [StoredRun.from_mapping(record) for record in records]
         claimed.sort(key=lambda run: run.created_at)
         return claimed
 
@@ -302,24 +294,17 @@ class PostgresStore(Store):
         pool = await self._pg()
         if not await pool.fetchval(sql, *args):
             raise LeaseLost(f"run {run_id!r} is no longer held by {lease.owner!r}")
-        if outcome is not None:
-            self._announce(RunFinished(run_id))
 
-    async def finish_run(
+    async def _finish_run(
         self,
         lease: Lease,
         status: str,
         output: Any,
         error: dict[str, Any] | None,
-        *,
-        parked: bool = False,
-        wake_at: float | None = None,
+        parked: bool,
+        wake_at: float | None,
     ) -> None:
         """The fenced UPDATE and its notification in one statement."""
-        if status not in TERMINAL and status != WAITING:
-            raise InvalidTransition(f"{status!r} is not an outcome")
-        if parked and status != WAITING:
-            raise InvalidTransition("only a waiting run parks")
         pool = await self._pg()
         done = await pool.fetchval(
             _PG_FINISH,
@@ -338,12 +323,14 @@ class PostgresStore(Store):
         )
         if not done:
             raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
-        self._announce(RunFinished(lease.run_id))
 
-    async def events_after(self, run_id: str, after_seq: int, limit: int = 500) -> list[EventRow]:
+    async def events_after(
+        self, run_id: str, after_seq: int, limit: int = 500
+    ) -> list[StoredEvent]:
         pool = await self._pg()
         return [
-            _detached(EventRow, r) for r in await pool.fetch(_PG_EVENTS, run_id, after_seq, limit)
+            StoredEvent.from_mapping(r)
+            for r in await pool.fetch(_PG_EVENTS, run_id, after_seq, limit)
         ]
 
     async def last_event_seq(self, run_id: str) -> int:
@@ -351,8 +338,8 @@ class PostgresStore(Store):
         return int(await pool.fetchval(_PG_LAST_EVENT_SEQ, run_id))
 
 
-def _run_from(record: Any) -> Run | None:
-    return _detached(Run, record) if record is not None else None
+def _run_from(record: Any) -> StoredRun | None:
+    return StoredRun.from_mapping(record) if record is not None else None
 
 
 # ----------------------------------------------------------------------- statements

@@ -23,16 +23,17 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Boolean, event
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from app.engine import Event
 from app.engine.checkpoint import CheckpointRecord
+from app.store.base import _record_json
 from app.store.db import json_dumps
-from app.store.errors import IdempotencyConflict, InvalidTransition, LeaseLost
+from app.store.errors import LeaseLost
 from app.store.lifecycle import (
     ACTIVE,
     LET_GO,
@@ -44,8 +45,15 @@ from app.store.lifecycle import (
     sql_list,
 )
 from app.store.models import EventRow, Run, SignalRow, WorkflowVersion
-from app.store.notifications import RunFinished, RunQueued
-from app.store.repository import Lease, Store, _detached, _record_json
+from app.store.notifications import RunQueued
+from app.store.records import (
+    StoredEvent,
+    StoredRun,
+    StoredSignal,
+    StoredWorkflow,
+    _Record,
+)
+from app.store.repository import Lease, Store
 
 T = TypeVar("T")
 #: the most writes one transaction takes (a batch never waits to fill up)
@@ -163,42 +171,45 @@ def _settle(answers: list[tuple[asyncio.Future[Any], Any]]) -> None:
             future.set_exception(value)
 
 
-def _decoder(model: Any) -> Callable[[sqlite3.Row | tuple[Any, ...] | None], Any]:
-    """Rows of ``model``'s table (its columns in order) as detached instances: JSON
-    columns decoded, booleans made bool (SQLite stores them as 0 and 1)."""
-    columns = [
-        (
-            c.name,
-            "json" if isinstance(c.type, JSON) else "bool" if isinstance(c.type, Boolean) else "",
-        )
+R = TypeVar("R", bound=_Record)
+
+
+def _decoder(record: type[R], model: Any) -> Callable[[Any], R]:
+    """Rows of ``model``'s table (its columns in order, the record's fields' order) as
+    ``record``: JSON decoded, booleans made bool (SQLite stores them as 0 and 1)."""
+    kinds = [
+        "json" if isinstance(c.type, JSON) else "bool" if isinstance(c.type, Boolean) else ""
         for c in model.__table__.columns
     ]
 
-    def decode(row: Any) -> Any:
-        if row is None:
-            return None
-        values = {}
-        for (name, kind), value in zip(columns, row, strict=True):
+    def decode(row: Any) -> R:
+        values = []
+        for kind, value in zip(kinds, row, strict=True):
             if kind == "json":
                 # a column of type JSON has numeric affinity: SQLite stores the text of
                 # a JSON number as that number, and hands the number back
                 value = json.loads(value) if isinstance(value, str) else value
             elif kind == "bool" and value is not None:
                 value = bool(value)
-            values[name] = value
-        return _detached(model, values)
+            values.append(value)
+        return record(*values)
 
     return decode
+
+
+def _first(decode: Callable[[Any], R], cursor: sqlite3.Cursor) -> R | None:
+    row = cursor.fetchone()
+    return None if row is None else decode(row)
 
 
 def _columns(model: Any) -> str:
     return ", ".join(column.name for column in model.__table__.columns)
 
 
-_run = _decoder(Run)
-_workflow = _decoder(WorkflowVersion)
-_event = _decoder(EventRow)
-_signal = _decoder(SignalRow)
+_run = _decoder(StoredRun, Run)
+_workflow = _decoder(StoredWorkflow, WorkflowVersion)
+_event = _decoder(StoredEvent, EventRow)
+_signal = _decoder(StoredSignal, SignalRow)
 _ACTIVE = sql_list(ACTIVE)
 #: ``lifecycle.LET_GO`` as SET clauses ...
 _LET_GO = {
@@ -242,22 +253,22 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------ reads
 
-    async def _workflow_row(self, workflow_id: str, version: int | None) -> WorkflowVersion | None:
+    async def _workflow_row(self, workflow_id: str, version: int | None) -> StoredWorkflow | None:
         sql, args = (
             (_WORKFLOW_VERSION, (workflow_id, version))
             if version is not None
             else (_WORKFLOW_LATEST, (workflow_id,))
         )
-        return await self._read_job(lambda c: _workflow(c.execute(sql, args).fetchone()))
+        return await self._read_job(lambda c: _first(_workflow, c.execute(sql, args)))
 
     async def count_queued(self) -> int:
         return await self._read_job(lambda c: int(c.execute(_COUNT_QUEUED).fetchone()[0]))
 
-    async def run_by_idempotency_key(self, key: str) -> Run | None:
-        return await self._read_job(lambda c: _run(c.execute(_RUN_BY_KEY, (key,)).fetchone()))
+    async def run_by_idempotency_key(self, key: str) -> StoredRun | None:
+        return await self._read_job(lambda c: _first(_run, c.execute(_RUN_BY_KEY, (key,))))
 
-    async def get_run(self, run_id: str) -> Run | None:
-        return await self._read_job(lambda c: _run(c.execute(_GET_RUN, (run_id,)).fetchone()))
+    async def get_run(self, run_id: str) -> StoredRun | None:
+        return await self._read_job(lambda c: _first(_run, c.execute(_GET_RUN, (run_id,))))
 
     async def cancel_requested(self, run_id: str) -> bool:
         def read(c: sqlite3.Connection) -> bool:
@@ -266,7 +277,9 @@ class SqliteStore(Store):
 
         return await self._read_job(read)
 
-    async def events_after(self, run_id: str, after_seq: int, limit: int = 500) -> list[EventRow]:
+    async def events_after(
+        self, run_id: str, after_seq: int, limit: int = 500
+    ) -> list[StoredEvent]:
         args = (run_id, after_seq, limit)
         return await self._read_job(lambda c: [_event(r) for r in c.execute(_EVENTS, args)])
 
@@ -275,8 +288,8 @@ class SqliteStore(Store):
 
     # ----------------------------------------------------------------- writes
 
-    async def _insert_run(self, **values: Any) -> tuple[Run, bool]:
-        row = _detached(Run, values)
+    async def _insert_run(self, **values: Any) -> tuple[StoredRun, bool]:
+        row = StoredRun.from_mapping(values)
         args = (
             row.id, row.workflow_id, row.workflow_version, json_dumps(row.input),
             json_dumps(row.config), row.idempotency_key, row.request_hash, row.created_at,
@@ -285,23 +298,15 @@ class SqliteStore(Store):
         try:
             await self._write_job(lambda c: _execute(c, _CREATE_RUN, args))
         except sqlite3.IntegrityError as exc:
-            key = row.idempotency_key
-            existing = await self.run_by_idempotency_key(key) if key is not None else None
-            if existing is None:
-                raise IntegrityError(_CREATE_RUN, None, exc) from exc
-            if existing.request_hash != row.request_hash:
-                raise IdempotencyConflict(
-                    f"Idempotency-Key {key!r} was used for a different request"
-                ) from None
-            return existing, False
+            return await self._taken(row.idempotency_key, row.request_hash, exc), False
         self._announce(RunQueued(row.id))
         return row, True
 
-    async def claim_runs(self, owner: str, lease_seconds: float, limit: int) -> list[Run]:
+    async def claim_runs(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
         if limit <= 0:
             return []
 
-        def claim(c: sqlite3.Connection) -> list[Run]:
+        def claim(c: sqlite3.Connection) -> list[StoredRun]:
             now = time.time()
             args = {"owner": owner, "until": now + lease_seconds, "now": now, "limit": limit}
             return [_run(r) for r in c.execute(_CLAIM, args)]
@@ -330,19 +335,16 @@ class SqliteStore(Store):
 
         return await self._write_job(beat)
 
-    async def take_signals(self, run_ids: Sequence[str]) -> list[SignalRow]:
+    async def take_signals(self, run_ids: Sequence[str]) -> list[StoredSignal]:
         if not run_ids:
             return []
         ids = json.dumps(list(run_ids))
 
-        def take(c: sqlite3.Connection) -> list[SignalRow]:
+        def take(c: sqlite3.Connection) -> list[StoredSignal]:
             rows = [_signal(r) for r in c.execute(_SIGNALS, (ids,))]
             if rows:
-                taken = json.dumps([row.id for row in rows])
-                c.execute(_DELIVERED, (taken,))
-            for row in rows:
-                row.delivered = True
-            return rows
+                c.execute(_DELIVERED, (json.dumps([row.id for row in rows if row]),))
+            return [replace(row, delivered=True) for row in rows]
 
         return await self._write_job(take)
 
@@ -373,8 +375,6 @@ class SqliteStore(Store):
             args["checkpoint_seq"] = records[-1].sequence
         if outcome is not None:
             final, output, error = outcome
-            if final not in TERMINAL:
-                raise InvalidTransition(f"{final!r} is not a terminal status")
             sets.append(f"{_LET_GO_SQL}, status = :status, output = :output, error = :error")
             sets.append("finished_at = :now")
             args.update(status=final, output=json_dumps(output), error=json_dumps(error))
@@ -416,23 +416,16 @@ class SqliteStore(Store):
                 c.executemany(_INSERT_EVENT, rows)
 
         await self._write_job(commit)
-        if outcome is not None:
-            self._announce(RunFinished(lease.run_id))
 
-    async def finish_run(
+    async def _finish_run(
         self,
         lease: Lease,
         status: str,
         output: Any,
         error: dict[str, Any] | None,
-        *,
-        parked: bool = False,
-        wake_at: float | None = None,
+        parked: bool,
+        wake_at: float | None,
     ) -> None:
-        if status not in TERMINAL and status != WAITING:
-            raise InvalidTransition(f"{status!r} is not an outcome")
-        if parked and status != WAITING:
-            raise InvalidTransition("only a waiting run parks")
         now = time.time()
         args = {
             "id": lease.run_id, "owner": lease.owner, "epoch": lease.epoch,
@@ -447,7 +440,6 @@ class SqliteStore(Store):
                 raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
 
         await self._write_job(finish)
-        self._announce(RunFinished(lease.run_id))
 
 
 def _execute(connection: sqlite3.Connection, sql: str, args: Any) -> None:

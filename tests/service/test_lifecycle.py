@@ -24,7 +24,8 @@ from app.store.lifecycle import (
     can_move,
     sources_of,
 )
-from app.store.models import Run, WorkflowVersion
+from app.store.models import Run
+from app.store.records import StoredWorkflow
 from app.store.repository import Lease
 
 STATUSES = [s.value for s in RunStatus]
@@ -45,7 +46,7 @@ async def store(request: pytest.FixtureRequest, database_url: str) -> AsyncItera
 
 
 @pytest.fixture
-async def workflow(store: Store) -> WorkflowVersion:
+async def workflow(store: Store) -> StoredWorkflow:
     return await store.create_workflow_version(
         f"life-{uuid.uuid4().hex[:8]}", None, {"nodes": [{"id": "a", "type": "noop"}]}
     )
@@ -55,7 +56,7 @@ Make = Callable[..., Awaitable[str]]
 
 
 @pytest.fixture
-def make(store: Store, workflow: WorkflowVersion) -> Make:
+def make(store: Store, workflow: StoredWorkflow) -> Make:
     """A run in ``status``: held by OWNER at epoch 1 (its lease expired or not), or
     let go of (``owned=False``), parked and due or not."""
 

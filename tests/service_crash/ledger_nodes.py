@@ -106,7 +106,7 @@ def _stall_after_final_checkpoint() -> None:
             append_line(os.environ[LEDGER_ENV], marker)
             await asyncio.Event().wait()  # until the test kills the process
 
-    Store.commit_progress = stalling  # type: ignore[method-assign]
+    Store.commit_progress = stalling  # type: ignore[method-assign,assignment]
 
 
 def _stall_checkpoint_of(node_id: str) -> None:
