@@ -45,8 +45,7 @@ from typing import Any
 from redis.asyncio.client import PubSub
 
 from app.bus.local import LocalEventBus, Subscription
-from app.engine import Event, EventType
-from app.engine.events import TERMINAL_EVENTS
+from app.engine import TERMINAL_EVENTS, Event, EventType
 from app.observability import metrics
 from app.redis_link import REDIS_FAILURES, RedisLink
 

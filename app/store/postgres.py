@@ -22,8 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.util.concurrency import await_
 
-from app.engine import Event
-from app.engine.checkpoint import CheckpointRecord, NodeCheckpoint
+from app.engine import CheckpointRecord, Event, NodeCheckpoint
 from app.store.db import create_pg_pool, json_dumps
 from app.store.errors import IdempotencyConflict, InvalidTransition, LeaseLost
 from app.store.lifecycle import (

@@ -25,8 +25,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.orm import configure_mappers
 
-from app.engine import Event, EventType
-from app.engine.checkpoint import CheckpointRecord, NodeCheckpoint
+from app.engine import CheckpointRecord, Event, EventType, NodeCheckpoint
 from app.store.db import (
     db_now,
     greatest,

@@ -211,3 +211,52 @@ def test_importing_the_engine_loads_no_other_part_of_the_app() -> None:
     assert all(m in ("app", ENGINE_PACKAGE) or m.startswith("app.engine.") for m in app_modules)
     for heavy in ("httpx", "yaml", "sqlalchemy", "fastapi", "redis"):
         assert heavy not in loaded
+
+
+# ------------------------------------------------- the rest of the app: public names only
+
+APP_DIR = ENGINE_DIR.parent
+
+
+def private_engine_names(source: str, module: str, public: frozenset[str]) -> list[str]:
+    """``"line: name"`` for every name ``source`` imports from ``app.engine`` that is not
+    in ``public`` (its ``__all__``). Imports of ``app.engine.<module>`` are the business
+    of the import-linter contract in pyproject.toml."""
+    package = module.rpartition(".")[0]
+    bad: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = _resolve_relative(package, node.level, node.module) if node.level else node.module
+        if base == ENGINE_PACKAGE:
+            bad += [f"{node.lineno}: {a.name}" for a in node.names if a.name not in public]
+    return bad
+
+
+def test_the_app_imports_only_the_engines_public_names() -> None:
+    import app.engine
+
+    public = frozenset(app.engine.__all__) | {"*"}
+    offenders: dict[str, list[str]] = {}
+    for path in sorted(APP_DIR.rglob("*.py")):
+        if ENGINE_DIR in path.parents:
+            continue
+        relative = path.relative_to(APP_DIR.parent).with_suffix("")
+        module = ".".join(relative.parts)
+        bad = private_engine_names(path.read_text(encoding="utf-8"), module, public)
+        if bad:
+            offenders[module] = bad
+    assert offenders == {}
+
+
+def test_the_public_name_checker_catches_private_names() -> None:
+    sample = """
+from app.engine import WorkflowExecutor, compile_workflow
+from app.engine.graph import compile_workflow as cw
+from .engine import RunHandle
+from ..engine import Event
+def lazy() -> None:
+    from app.engine import _UNSET
+"""
+    found = private_engine_names(sample, "app.runtime.sample", frozenset({"WorkflowExecutor"}))
+    assert found == ["2: compile_workflow", "5: Event", "7: _UNSET"]
