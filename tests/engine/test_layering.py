@@ -213,6 +213,32 @@ def test_importing_the_engine_loads_no_other_part_of_the_app() -> None:
         assert heavy not in loaded
 
 
+@pytest.mark.slow
+def test_the_expression_library_loads_with_the_first_expression() -> None:
+    # The CEL library is a third of the engine's memory: an executor and a run without
+    # expressions must not load it (bench/features_memory.py measures the base RSS).
+    code = """
+import asyncio, sys
+import app.engine
+executor = app.engine.WorkflowExecutor()
+plain = {"id": "w", "nodes": [{"id": "a", "type": "noop"}, {"id": "b", "type": "noop"}],
+         "edges": [{"source": "a", "target": "b"}]}
+asyncio.run(executor.execute(plain, {}))
+print("cel_expr_python" in sys.modules)
+result = asyncio.run(executor.execute({**plain, "output": {"v": "input.v + 1"}}, {"v": 1}))
+print("cel_expr_python" in sys.modules, result.output)
+"""
+    printed = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ENGINE_DIR.parents[1],
+        timeout=30,
+    ).stdout.splitlines()
+    assert printed == ["False", "True {'v': 2}"]
+
+
 # ------------------------------------------------- the rest of the app: public names only
 
 APP_DIR = ENGINE_DIR.parent
