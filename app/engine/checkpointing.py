@@ -14,6 +14,7 @@ from collections import deque
 from typing import Any
 
 from app.engine.checkpoint import CheckpointRecord, CheckpointStore, NodeCheckpoint
+from app.engine.dsl import WorkflowDefinition
 from app.engine.ports import Clock
 from app.engine.result import RunError
 
@@ -27,16 +28,16 @@ class CheckpointWriter:
     resuming); ``parent`` the sequence the first new record continues from when that is
     not the one before it (resuming from an earlier checkpoint); ``seed`` a fork's
     restored nodes, written into its first record. The first record of a run carries
-    ``header`` (the definition and the input).
+    the definition and the input.
     """
 
     def __init__(
         self,
         store: CheckpointStore,
         run_id: str,
-        workflow_id: str,
+        definition: WorkflowDefinition,
+        input: Any,
         clock: Clock,
-        header: dict[str, Any],
         *,
         sequence: int = 0,
         parent: int | None = None,
@@ -44,9 +45,9 @@ class CheckpointWriter:
     ) -> None:
         self.store = store
         self.run_id = run_id
-        self.workflow_id = workflow_id
+        self.definition = definition
+        self.input = input
         self.clock = clock
-        self.header = header
         self.sequence = sequence
         self.parent = parent
         self.seed = seed
@@ -73,7 +74,7 @@ class CheckpointWriter:
         """Queue the next record: the nodes ``completed`` since the last one, and a copy
         of the run's variables, frontier, pending delays and waits, and kept signals."""
         self.sequence += 1
-        header = self.header if self.sequence == 1 else None
+        first = self.sequence == 1
         if self.seed is not None:  # a fork's chain starts with all it inherited
             completed = {**self.seed, **completed}
             self.seed = None
@@ -90,9 +91,11 @@ class CheckpointWriter:
                 frontier=frontier,
                 pending={k: dict(v) for k, v in pending.items()},
                 signals={name: list(kept) for name, kept in signals.items() if kept},
-                workflow_id=self.workflow_id,
-                definition=header["definition"] if header else None,
-                input=header["input"] if header else None,
+                workflow_id=self.definition.id,
+                definition=(
+                    self.definition.model_dump(mode="json", exclude_none=True) if first else None
+                ),
+                input=self.input if first else None,
                 error=error.to_dict() if error else None,
                 parent=parent,
             )

@@ -284,17 +284,15 @@ class WorkflowExecutor:
         if restore is not None:
             variables.update(restore.variables)
             shared.restore(restore, fork=fork, event_seq=event_seq)
-        if restore is not None and fork:
-            seed = dict(restore.completed)
-        elif restore is not None:
-            sequence = restore.sequence
-            if effective.enable_checkpoints:
-                # resuming from an earlier checkpoint: new records follow the last one
-                # stored, and the first of them continues from `restore`
+            if fork:
+                seed = dict(restore.completed)
+            elif effective.enable_checkpoints:
+                # new records follow the last one stored, and the first of them
+                # continues from `restore` when that is an earlier checkpoint
                 infos = await self._checkpoints().list(run_id)
-                last = infos[-1].sequence if infos else restore.sequence
-                if last != restore.sequence:
-                    sequence, parent = last, restore.sequence
+                sequence = infos[-1].sequence if infos else restore.sequence
+                if sequence != restore.sequence:
+                    parent = restore.sequence
         for key, value in definition.vars.items():
             variables.setdefault(key, value)
         if variables_patch:
@@ -321,16 +319,12 @@ class WorkflowExecutor:
             shared.status = RunStatus.RUNNING
             wctx.status = "running"
             if effective.enable_checkpoints:
-                header = {
-                    "definition": definition.model_dump(mode="json", exclude_none=True),
-                    "input": input_data,
-                }
                 shared.checkpoints = CheckpointWriter(
                     self._checkpoints(),
                     run_id,
-                    definition.id,
+                    definition,
+                    input_data,
                     self.clock,
-                    header,
                     sequence=sequence,
                     parent=parent,
                     seed=seed,

@@ -194,19 +194,24 @@ def test_relative_imports_resolve_from_the_package_of_an_init_module() -> None:
     assert forbidden_imports("from ... import x", "app.engine", is_package=True) == ["1: ..."]
 
 
-@pytest.mark.slow
-def test_importing_the_engine_loads_no_other_part_of_the_app() -> None:
-    # The registry finds node types lazily, through entry points: importing the engine
-    # must not pull in app.nodes (and through it httpx) or the YAML format plugin.
-    code = "import sys, app.engine\nprint('\\n'.join(sorted(m for m in sys.modules)))\n"
-    loaded = subprocess.run(
+def _printed_by_fresh_python(code: str) -> list[str]:
+    """The lines ``code`` prints, run in a fresh interpreter at the repository's root."""
+    return subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
         cwd=ENGINE_DIR.parents[1],
         timeout=30,
-    ).stdout.split()
+    ).stdout.splitlines()
+
+
+@pytest.mark.slow
+def test_importing_the_engine_loads_no_other_part_of_the_app() -> None:
+    # The registry finds node types lazily, through entry points: importing the engine
+    # must not pull in app.nodes (and through it httpx) or the YAML format plugin.
+    code = "import sys, app.engine\nprint('\\n'.join(sorted(m for m in sys.modules)))\n"
+    loaded = _printed_by_fresh_python(code)
     app_modules = [m for m in loaded if m == "app" or m.startswith("app.")]
     assert all(m in ("app", ENGINE_PACKAGE) or m.startswith("app.engine.") for m in app_modules)
     for heavy in ("httpx", "yaml", "sqlalchemy", "fastapi", "redis"):
@@ -228,15 +233,7 @@ print("cel_expr_python" in sys.modules)
 result = asyncio.run(executor.execute({**plain, "output": {"v": "input.v + 1"}}, {"v": 1}))
 print("cel_expr_python" in sys.modules, result.output)
 """
-    printed = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ENGINE_DIR.parents[1],
-        timeout=30,
-    ).stdout.splitlines()
-    assert printed == ["False", "True {'v': 2}"]
+    assert _printed_by_fresh_python(code) == ["False", "True {'v': 2}"]
 
 
 # ------------------------------------------------- the rest of the app: public names only
