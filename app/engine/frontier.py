@@ -80,6 +80,8 @@ class Frontier:
         self.is_root = depth == 0
         #: set when break_on_error stopped the run at a failed node
         self.breakpoint: RunError | None = None
+        #: the nodes finished since the last checkpoint record, and how many completions
+        #: that was (kept by ``completion.Completion``)
         self._delta: dict[str, NodeCheckpoint] = {}
         self._since = 0
 
