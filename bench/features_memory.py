@@ -57,6 +57,11 @@ import asyncio
 workflow = app.engine.create_workflow({{"id": "w", "nodes": [{{"id": "a", "type": "noop"}}]}})
 asyncio.run(executor.execute(workflow, {{}}))
 {_READ_RSS}
+workflow = app.engine.create_workflow(
+    {{"id": "e", "nodes": [{{"id": "a", "type": "noop"}}], "output": {{"v": "input.v + 1"}}}}
+)
+asyncio.run(executor.execute(workflow, {{"v": 1}}))
+{_READ_RSS}
 """
 _LANGGRAPH_STEPS = f"""
 from typing import TypedDict
@@ -131,9 +136,10 @@ def base_rss_table(reps: int) -> Table:
     rows: list[tuple[str, str, int, str]] = [("bare python (`python -c`)", "bare", 0, "")]
     rows += [
         ("`import pydantic` (what the engine's models need)", "engine", 0, ""),
-        ("+ `import app.engine` (its models, the CEL library)", "engine", 1, ""),
+        ("+ `import app.engine` (its models; not the CEL library)", "engine", 1, ""),
         ("+ `WorkflowExecutor()`", "engine", 2, "~10 MB"),
         ("+ a first 1-node run (loads app.nodes)", "engine", 3, ""),
+        ("+ a run with an expression (loads the CEL library)", "engine", 4, ""),
     ]
     if runs["langgraph"]:
         rows += [

@@ -18,11 +18,11 @@ from starlette.routing import Match
 
 from app.api.body import BodyProblem
 from app.engine import (
+    CheckpointNotFoundError,
     FlowcoreError,
     InputValidationError,
     WorkflowValidationError,
 )
-from app.engine.checkpoint import CheckpointNotFoundError
 from app.runtime.errors import (
     IdempotencyConflict,
     InvalidCursor,

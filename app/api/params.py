@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import Header, Path, Query
 
-from app.engine.dsl import WORKFLOW_ID_PATTERN
+from app.engine import WORKFLOW_ID_PATTERN
 
 #: the largest sequence, version or count a column holds (a 32-bit signed integer)
 MAX_INT = 2**31 - 1

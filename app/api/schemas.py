@@ -7,9 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, WithJsonSchema, create_model
 
 from app.api.params import MAX_INT
-from app.engine import ExecutionConfig
-from app.engine.config import LIMIT_FIELDS, PROCESS_FIELDS
-from app.engine.dsl import WORKFLOW_ID_PATTERN
+from app.engine import LIMIT_FIELDS, PROCESS_FIELDS, WORKFLOW_ID_PATTERN, ExecutionConfig
 
 #: a string as the service stores it: no NUL character (nor a lone surrogate, which no
 #: JSON text that is valid UTF-8 can carry)

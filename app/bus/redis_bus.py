@@ -44,8 +44,7 @@ from typing import Any
 
 from app.bus.local import LocalEventBus, Subscription
 from app.bus.redis_pubsub import PubSubSession, close_pubsub, settle
-from app.engine import Event, EventType
-from app.engine.events import TERMINAL_EVENTS
+from app.engine import TERMINAL_EVENTS, Event, EventType
 from app.observability import metrics
 from app.redis_link import REDIS_FAILURES, RedisLink
 

@@ -31,13 +31,13 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
-from app.engine.breaker import (
+from app.engine import (
     BreakerState,
     BreakerStatus,
+    CircuitBreakerPolicy,
     CircuitOpenError,
     InMemoryCircuitBreakers,
 )
-from app.engine.dsl import CircuitBreakerPolicy
 from app.observability.metrics import BREAKER_LABELS, BREAKER_STATE, BREAKER_TRANSITIONS
 from app.redis_link import RedisLink
 

@@ -23,8 +23,7 @@ from urllib.parse import quote
 
 from redis.asyncio import Redis
 
-from app.engine.cache import Cache, CacheHit, InMemoryCache
-from app.engine.ports import Clock
+from app.engine import Cache, CacheHit, Clock, InMemoryCache
 from app.observability.metrics import CACHE_HITS, CACHE_MISSES
 from app.redis_link import RedisLink
 

@@ -10,6 +10,7 @@ It imports only the standard library, pydantic, typing_extensions and the CEL li
 
 from app.engine.breaker import (
     BreakerState,
+    BreakerStatus,
     CircuitBreakerStore,
     CircuitOpenError,
     InMemoryCircuitBreakers,
@@ -20,12 +21,18 @@ from app.engine.checkpoint import (
     Checkpoint,
     CheckpointInfo,
     CheckpointNotFoundError,
+    CheckpointRecord,
     CheckpointStore,
     FileCheckpointStore,
     InMemoryCheckpointStore,
+    NodeCheckpoint,
+    checkpoint_at,
+    latest_of,
+    parse_checkpoint_id,
 )
-from app.engine.config import ExecutionConfig
+from app.engine.config import LIMIT_FIELDS, PROCESS_FIELDS, ExecutionConfig
 from app.engine.dsl import (
+    WORKFLOW_ID_PATTERN,
     CachePolicy,
     CircuitBreakerPolicy,
     EdgeSpec,
@@ -51,7 +58,7 @@ from app.engine.errors import (
     WorkflowNotFoundError,
     WorkflowValidationError,
 )
-from app.engine.events import Event, EventSink, EventType
+from app.engine.events import TERMINAL_EVENTS, Event, EventSink, EventType
 from app.engine.executor import (
     ConditionalExecutor,
     DebugExecutor,
@@ -73,13 +80,16 @@ from app.engine.ports import (
 )
 from app.engine.registry import NodeRegistry
 from app.engine.result import NodeRun, NodeStatus, RunError, RunResult, RunStatus
+from app.engine.runtime import NodeRuntime
+from app.engine.schema import check_input
 from app.engine.trace import ExecutionTrace, NodeTiming
 from app.engine.validation import create_workflow, validate_workflow
-from app.engine.values import UnstorableValueError, ValueProblem, inspect_value
+from app.engine.values import UnstorableValueError, ValueProblem, clean_text, inspect_value
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - plainly sorted, the order tests/engine/test_public_api.py pins
     "BaseNode",
     "BreakerState",
+    "BreakerStatus",
     "BudgetExceededError",
     "Cache",
     "CacheHit",
@@ -87,6 +97,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointInfo",
     "CheckpointNotFoundError",
+    "CheckpointRecord",
     "CheckpointStore",
     "CircuitBreakerPolicy",
     "CircuitBreakerStore",
@@ -115,9 +126,11 @@ __all__ = [
     "InMemoryMemoryStore",
     "InMemoryWorkflowRepository",
     "InputValidationError",
+    "LIMIT_FIELDS",
     "ListEventSink",
     "MemoryStore",
     "MetricsCollector",
+    "NodeCheckpoint",
     "NodeConfigError",
     "NodeContext",
     "NodeError",
@@ -125,10 +138,12 @@ __all__ = [
     "NodeRegistry",
     "NodeResult",
     "NodeRun",
+    "NodeRuntime",
     "NodeSpec",
     "NodeStatus",
     "NodeTimeoutError",
     "NodeTiming",
+    "PROCESS_FIELDS",
     "ParallelExecutor",
     "PluginLoadError",
     "RetryPolicy",
@@ -139,17 +154,24 @@ __all__ = [
     "SequentialExecutor",
     "Strategy",
     "SystemClock",
+    "TERMINAL_EVENTS",
     "UnknownNodeTypeError",
     "UnstorableValueError",
     "ValidationIssue",
     "ValueProblem",
+    "WORKFLOW_ID_PATTERN",
     "WorkflowContext",
     "WorkflowDefinition",
     "WorkflowExecutor",
     "WorkflowNotFoundError",
     "WorkflowResolver",
     "WorkflowValidationError",
+    "check_input",
+    "checkpoint_at",
+    "clean_text",
     "create_workflow",
     "inspect_value",
+    "latest_of",
+    "parse_checkpoint_id",
     "validate_workflow",
 ]

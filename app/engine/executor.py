@@ -19,9 +19,7 @@ import contextlib
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass, field
 from typing import Any
 
 from app.engine.breaker import CircuitBreakerStore, process_breakers
@@ -32,22 +30,27 @@ from app.engine.checkpoint import (
     CheckpointStore,
     InMemoryCheckpointStore,
 )
+from app.engine.checkpointing import CheckpointWriter
 from app.engine.config import ExecutionConfig
+from app.engine.debug import DebugState, debug_state
 from app.engine.dsl import NodeSpec, WorkflowDefinition
 from app.engine.errors import InputValidationError, RunNotFoundError
 from app.engine.events import Event, EventSink, EventType
 from app.engine.expressions import Scope
 from app.engine.graph import compile_workflow
+from app.engine.hooks import RunHooks
 from app.engine.memory import InMemoryMemoryStore, MemoryStore
 from app.engine.metrics import MetricsCollector
 from app.engine.node import NodeContext, NodeResult, WorkflowContext
 from app.engine.ports import Clock, SystemClock, WorkflowResolver
-from app.engine.result import NodeStatus, RunError, RunResult, RunStatus
-from app.engine.scheduler import RunHandle, RunShared, Strategy, _notify
+from app.engine.result import RunError, RunResult, RunStatus
+from app.engine.scheduler import RunHandle
 from app.engine.schema import check_input
+from app.engine.shared import RunShared, Strategy
+from app.engine.sinks import LogSink, QueueSink, TraceSink
 from app.engine.trace import build_trace
 from app.engine.validation import Source, create_workflow
-from app.engine.values import ValueProblem, inspect_value
+from app.engine.values import check_storable
 
 logger = logging.getLogger("flowcore.engine")
 
@@ -62,53 +65,6 @@ __all__ = [
     "Strategy",
     "WorkflowExecutor",
 ]
-
-
-class _QueueSink:
-    def __init__(self, queue: asyncio.Queue[Event | None]) -> None:
-        self.queue = queue
-
-    def publish(self, event: Event) -> None:
-        self.queue.put_nowait(event)
-
-
-class _LogSink:
-    """``verbose_logging``: every event to the ``flowcore.engine`` logger at DEBUG."""
-
-    def publish(self, event: Event) -> None:
-        logger.debug(
-            "run %s #%d %s %s %s",
-            event.run_id,
-            event.seq,
-            event.type.value,
-            event.node_id or "-",
-            event.data,
-        )
-
-
-class _TraceSink:
-    """Keeps a run's events for a DEBUG-level execution trace."""
-
-    def __init__(self) -> None:
-        self.events: list[Event] = []
-
-    def publish(self, event: Event) -> None:
-        self.events.append(event)
-
-
-@dataclass(slots=True)
-class DebugState:
-    """What ``DebugExecutor.get_current_state()`` shows."""
-
-    run_id: str | None
-    status: str
-    #: the node started most recently (the one running now, in a sequential run)
-    current_node: str | None
-    #: every node running right now
-    current_nodes: list[str]
-    context: dict[str, Any]
-    completed: list[str] = field(default_factory=list)
-    error: RunError | None = None
 
 
 class WorkflowExecutor:
@@ -150,8 +106,9 @@ class WorkflowExecutor:
         #: park runs that wait this long on nothing but top-level delays and waits
         #: (needs checkpoints): see ``execute``
         self.park_after = park_after
-        self._runs: dict[str, RunShared] = {}
-        self._last: RunShared | None = None
+        #: run id -> the root graph of each active run
+        self._runs: dict[str, RunHandle] = {}
+        self._last: RunHandle | None = None
         self._early_signals: dict[str, list[tuple[str, Any]]] = {}
         self._early_cancels: set[str] = set()
 
@@ -177,6 +134,15 @@ class WorkflowExecutor:
 
     def _overrides(self, hook: str) -> bool:
         return getattr(type(self), hook) is not getattr(WorkflowExecutor, hook)
+
+    def _hooks(self) -> RunHooks:
+        """The per-node hooks this executor's class overrides, and its callbacks."""
+        return RunHooks(
+            pre_node=self.pre_node_hook if self._overrides("pre_node_hook") else None,
+            post_node=self.post_node_hook if self._overrides("post_node_hook") else None,
+            handle_error=self.handle_error if self._overrides("handle_error") else None,
+            callbacks=tuple(self.callbacks),
+        )
 
     # ----------------------------------------------------------------- running
 
@@ -275,8 +241,8 @@ class WorkflowExecutor:
     ) -> RunResult:
         compiled = compile_workflow(definition)
         effective = self.config.merged(definition.config).merged(config)
-        _check_storable(input_data, "input", effective)
-        _check_storable(variables_patch, "vars", effective)
+        check_storable(input_data, "input", max_depth=effective.max_value_depth)
+        check_storable(variables_patch, "vars", max_depth=effective.max_value_depth)
         if definition.input_schema is not None and restore is None:
             problems = check_input(definition.input_schema, input_data)
             if problems:
@@ -285,13 +251,21 @@ class WorkflowExecutor:
             raise ValueError(f"run {run_id!r} is already active in this executor")
         sinks = [*self.event_sinks, *(event_sinks or [])]
         if effective.verbose_logging:
-            sinks.append(_LogSink())
-        trace_sink: _TraceSink | None = None
+            sinks.append(LogSink())
+        trace_sink: TraceSink | None = None
         if effective.trace_execution and effective.trace_level == "DEBUG":
-            trace_sink = _TraceSink()
+            trace_sink = TraceSink()
             sinks.append(trace_sink)
+        hooks = self._hooks()
         shared = RunShared(
-            run_id, definition.id, effective, self.strategy, sinks, self.clock, self.workflows, self
+            run_id,
+            definition.id,
+            effective,
+            self.strategy,
+            sinks,
+            self.clock,
+            self.workflows,
+            hooks,
         )
         if effective.enable_cache or any(n.spec.cache is not None for n in compiled.nodes):
             if self.cache is None:
@@ -305,27 +279,20 @@ class WorkflowExecutor:
         wctx.run_id = run_id
         wctx.input = input_data
         variables = wctx.variables
-        if restore is not None and fork:
+        # where the checkpoint chain goes on (see CheckpointWriter)
+        sequence, parent, seed = 0, None, None
+        if restore is not None:
             variables.update(restore.variables)
-            shared.restored = dict(restore.completed)
-            shared.fork_seed = dict(restore.completed)
-            shared.restored_pending = _resumable(restore.pending)
-        elif restore is not None:
-            variables.update(restore.variables)
-            shared.seq = max(restore.event_seq, event_seq)
-            shared.checkpoint_sequence = restore.sequence
-            if effective.enable_checkpoints:
-                # resuming from an earlier checkpoint: new records follow the last one
-                # stored, and the first of them continues from `restore`
+            shared.restore(restore, fork=fork, event_seq=event_seq)
+            if fork:
+                seed = dict(restore.completed)
+            elif effective.enable_checkpoints:
+                # new records follow the last one stored, and the first of them
+                # continues from `restore` when that is an earlier checkpoint
                 infos = await self._checkpoints().list(run_id)
-                last = infos[-1].sequence if infos else restore.sequence
-                if last != restore.sequence:
-                    shared.checkpoint_sequence = last
-                    shared.checkpoint_parent = restore.sequence
-            shared.restored = dict(restore.completed)
-            shared.restored_pending = _resumable(restore.pending)
-            for name, payloads in restore.signals.items():
-                shared.signals[name] = deque(payloads)
+                sequence = infos[-1].sequence if infos else restore.sequence
+                if sequence != restore.sequence:
+                    parent = restore.sequence
         for key, value in definition.vars.items():
             variables.setdefault(key, value)
         if variables_patch:
@@ -336,28 +303,31 @@ class WorkflowExecutor:
         handle = RunHandle(shared, compiled, scope, wctx)
         shared.root = handle
         result = RunResult(run_id, definition.id, RunStatus.RUNNING, started_at=started)
-        self._runs[run_id] = shared
+        self._runs[run_id] = handle
         for name, payload in self._early_signals.pop(run_id, ()):
             shared.signal(name, payload)
         if run_id in self._early_cancels:  # cancelled before it started: no node runs
             self._early_cancels.discard(run_id)
             handle.cancel()
         if effective.debug_mode:  # kept for get_current_state() after the run ends
-            self._last = shared
+            self._last = handle
         try:
             if self._overrides("pre_workflow_hook"):
                 await self.pre_workflow_hook(definition, input_data)
-            if self.callbacks:
-                await _notify(self.callbacks, "on_workflow_start", definition, input_data)
+            if hooks.callbacks:
+                await hooks.notify("on_workflow_start", definition, input_data)
             shared.status = RunStatus.RUNNING
             wctx.status = "running"
             if effective.enable_checkpoints:
-                shared.start_checkpoints(
+                shared.checkpoints = CheckpointWriter(
                     self._checkpoints(),
-                    {
-                        "definition": definition.model_dump(mode="json", exclude_none=True),
-                        "input": input_data,
-                    },
+                    run_id,
+                    definition,
+                    input_data,
+                    self.clock,
+                    sequence=sequence,
+                    parent=parent,
+                    seed=seed,
                 )
             if restore is None or fork:
                 started_data: dict[str, Any] = {
@@ -382,25 +352,11 @@ class WorkflowExecutor:
                 )
                 handle.cancelled = False
             except asyncio.CancelledError:
-                self._finish(result, handle, shared)
+                handle.settle(result)
                 with contextlib.suppress(Exception):
                     await shared.finish_checkpoints()
                 raise
-            self._finish(result, handle, shared)
-            await shared.finish_checkpoints()
-            if shared.checkpoint_error is not None:
-                # the run's state could not be stored: it did not durably succeed
-                error = shared.checkpoint_error
-                result.status = RunStatus.FAILED
-                result.output = None
-                # the store's own words stay in the log: they may quote the data and
-                # name its internals, neither of which belongs in a run's error
-                logger.warning("run %s: checkpoints could not be written", run_id, exc_info=error)
-                result.error = RunError(
-                    "checkpoints could not be written: the checkpoint store refused the "
-                    f"run's state ({type(error).__name__})",
-                    "checkpoint",
-                )
+            await handle.finish(result)
             if effective.trace_execution:
                 result.execution_trace = build_trace(
                     result, effective.trace_level, trace_sink.events if trace_sink else None
@@ -413,53 +369,11 @@ class WorkflowExecutor:
                 self.metrics_collector.record_run(result)
             if self._overrides("post_workflow_hook"):
                 await self.post_workflow_hook(definition, result)
-            if self.callbacks:
-                await _notify(self.callbacks, "on_workflow_end", definition, result)
+            if hooks.callbacks:
+                await hooks.notify("on_workflow_end", definition, result)
             return result
         finally:
             del self._runs[run_id]
-
-    def _finish(self, result: RunResult, handle: RunHandle, shared: RunShared) -> None:
-        result.finished_at = time.time()
-        result.node_results = {record.node_id: record for record in handle.records}
-        result.errors = handle.errors
-        result.variables = handle.scope.vars
-        if shared.parked and handle.error is None and not handle.cancelled:
-            result.status = RunStatus.WAITING
-            result.parked = True
-            result.wake_at = shared.wake_at
-            handle.checkpoint("waiting")
-        elif handle.breakpoint is not None:
-            result.status = RunStatus.WAITING
-            result.error = handle.breakpoint
-            shared.emit(
-                EventType.RUN_WAITING,
-                handle.breakpoint.node_id,
-                {"reason": "break_on_error", "error": handle.breakpoint.to_dict()},
-            )
-            handle.checkpoint("waiting", handle.breakpoint)
-        elif handle.error is not None:
-            result.status = RunStatus.FAILED
-            result.error = handle.error
-            shared.emit(EventType.RUN_FAILED, None, {"error": handle.error.to_dict()})
-            handle.checkpoint("failed", handle.error)
-        elif handle.cancelled:
-            result.status = RunStatus.CANCELLED
-            result.error = RunError("the run was cancelled", "cancelled")
-            shared.emit(EventType.RUN_CANCELLED, None, {})
-            handle.checkpoint("cancelled", result.error)
-        else:
-            result.status = RunStatus.SUCCEEDED
-            result.output = handle.output
-            shared.emit(EventType.RUN_SUCCEEDED, None, {"output": handle.output})
-            handle.checkpoint("succeeded")
-        if result.status in (RunStatus.FAILED, RunStatus.CANCELLED):
-            for record in handle.records:
-                if record.status in (NodeStatus.PENDING, NodeStatus.QUEUED):
-                    record.status = NodeStatus.CANCELLED
-        shared.status = result.status
-        handle.context.status = result.status.value
-        result.events = shared.seq
 
     async def stream(
         self,
@@ -480,7 +394,7 @@ class WorkflowExecutor:
                 run_id=run_id,
                 config=config,
                 context=context,
-                event_sinks=[_QueueSink(queue)],
+                event_sinks=[QueueSink(queue)],
             )
         )
         task.add_done_callback(lambda _: queue.put_nowait(None))
@@ -505,23 +419,20 @@ class WorkflowExecutor:
         if early and run_id not in self._runs:
             self._early_cancels.add(run_id)
             return
-        shared = self._shared(run_id)
-        assert shared.root is not None
-        shared.root.cancel()
+        self._root(run_id).cancel()
 
     def signal(self, run_id: str, name: str, payload: Any = None, *, early: bool = False) -> bool:
         """Deliver ``payload`` to the run's ``wait`` node waiting for ``name`` (or keep it
         for the first one that will). With ``early``, a signal for a run that has not
         started yet is kept for it instead of raising RunNotFoundError. False: the run
         has parked and did not take it (deliver it to the run's next execution)."""
-        shared = self._runs.get(run_id)
-        if shared is None and early:
+        if early and run_id not in self._runs:
             self._early_signals.setdefault(run_id, []).append((name, payload))
             return True
-        return self._shared(run_id).signal(name, payload)
+        return self._root(run_id).shared.signal(name, payload)
 
     def status(self, run_id: str) -> RunStatus:
-        return self._shared(run_id).status
+        return self._root(run_id).shared.status
 
     def active_runs(self) -> list[str]:
         return list(self._runs)
@@ -530,50 +441,18 @@ class WorkflowExecutor:
         """The state of a run (default: the latest one): the nodes running now, the
         context, what completed. Node tracking needs ``debug_mode``."""
         if run_id:
-            shared = self._runs.get(run_id)
+            root = self._runs.get(run_id)
         elif self._last is not None:
-            shared = self._last
+            root = self._last
         else:  # the most recent active run
-            shared = next(reversed(self._runs.values()), None)
-        if shared is None or shared.root is None:
-            return DebugState(None, "idle", None, [], {})
-        root = shared.root
-        current = list(shared.current)
-        return DebugState(
-            run_id=shared.run_id,
-            status=shared.status.value,
-            current_node=current[-1] if current else shared.last_node,
-            current_nodes=current,
-            context={
-                "workflow_id": root.context.workflow_id,
-                "run_id": shared.run_id,
-                "input": root.scope.input,
-                "variables": dict(root.scope.vars),
-                "node_outputs": dict(root.scope.nodes),
-            },
-            completed=[r.node_id for r in root.records if r.status is NodeStatus.SUCCEEDED],
-            error=root.error or root.breakpoint,
-        )
+            root = next(reversed(self._runs.values()), None)
+        return debug_state(root)
 
-    def _shared(self, run_id: str) -> RunShared:
+    def _root(self, run_id: str) -> RunHandle:
         try:
             return self._runs[run_id]
         except KeyError:
             raise RunNotFoundError(f"no active run {run_id!r}") from None
-
-
-def _check_storable(value: Any, field: str, config: ExecutionConfig) -> None:
-    """Input and variables no store can hold (too deep, a NUL, a NaN) are refused before
-    the run starts: the expression runtime would even cut a string at a NUL."""
-    try:
-        inspect_value(value, max_depth=config.max_value_depth)
-    except ValueProblem as problem:
-        raise InputValidationError([f"{field}{problem.path}: {problem.reason}"]) from None
-
-
-def _resumable(pending: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    """The pending delays and waits a resumed run continues (not breakpoints)."""
-    return {k: v for k, v in pending.items() if v.get("kind") in ("delay", "wait")}
 
 
 class SequentialExecutor(WorkflowExecutor):

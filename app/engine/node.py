@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from app.engine.config import ExecutionConfig
     from app.engine.dsl import NodeSpec, WorkflowDefinition
     from app.engine.memory import MemoryStore
-    from app.engine.scheduler import RunHandle
+    from app.engine.runtime import NodeRuntime
 
 
 class NodeResult(BaseModel):
@@ -72,10 +72,11 @@ class WorkflowContext:
 
 class NodeContext:
     """One execution of one node: its resolved config, its input, and the ways it can
-    talk to the run (events, tokens, signals, body runs, expressions)."""
+    talk to the run (events, tokens, signals, body runs, expressions), all through the
+    run's ``NodeRuntime``."""
 
     __slots__ = (
-        "_handle",
+        "_runtime",
         "attempt",
         "config",
         "input",
@@ -92,7 +93,7 @@ class NodeContext:
         config: Any,
         input: Mapping[str, Any],
         scope: Scope,
-        handle: RunHandle,
+        runtime: NodeRuntime,
         attempt: int = 1,
         iteration: int = 0,
     ) -> None:
@@ -104,18 +105,19 @@ class NodeContext:
         #: outputs of the parents that completed, by node id
         self.input = input
         self.scope = scope
-        self._handle = handle
+        self._runtime = runtime
         self.attempt = attempt
         self.iteration = iteration
 
     @property
     def run_id(self) -> str:
-        return self._handle.run_id
+        return self._runtime.run_id
 
     @property
     def idempotency_key(self) -> str:
         """Stable across retries and resumes: pass it to side-effecting calls."""
-        return f"{self._handle.run_id}:{self._handle.path}{self.node_id}:{self.iteration}"
+        runtime = self._runtime
+        return f"{runtime.run_id}:{runtime.path}{self.node_id}:{self.iteration}"
 
     def emit(self, name: str, data: Mapping[str, Any] | None = None) -> None:
         """Emit a ``node.custom`` event named ``name``. Raises UnstorableValueError
@@ -124,17 +126,17 @@ class NodeContext:
         if data:
             payload["data"] = dict(data)
         self._storable(payload, "event")
-        self._handle.emit(EventType.NODE_CUSTOM, self._handle.path + self.node_id, payload)
+        self._runtime.emit(EventType.NODE_CUSTOM, self.node_id, payload)
 
     def emit_token(self, token: str) -> None:
         """Emit one streamed token (``node.token``)."""
         if "\x00" in token or not token.isascii():
             self._storable(token, "token")
-        self._handle.emit(EventType.NODE_TOKEN, self._handle.path + self.node_id, {"token": token})
+        self._runtime.emit(EventType.NODE_TOKEN, self.node_id, {"token": token})
 
     def _storable(self, value: Any, what: str) -> None:
         try:
-            inspect_value(value, max_depth=self._handle.shared.config.max_value_depth)
+            inspect_value(value, max_depth=self._runtime.config.max_value_depth)
         except ValueProblem as problem:
             raise UnstorableValueError(f"the {what} cannot be stored: {problem}") from None
 
@@ -143,7 +145,7 @@ class NodeContext:
         ``max_map_items``) and return the error for the node to raise."""
         limit = getattr(self.execution_config, budget)
         error = BudgetExceededError(budget, limit, what)
-        self._handle._over_budget(error, self.node_id)
+        self._runtime.over_budget(error, self.node_id)
         return error
 
     def evaluate(self, expression: str, extra: Mapping[str, Any] | None = None) -> Any:
@@ -162,12 +164,12 @@ class NodeContext:
     @property
     def execution_config(self) -> ExecutionConfig:
         """The run's effective ExecutionConfig (read it; do not change it)."""
-        return self._handle.shared.config
+        return self._runtime.config
 
     @property
     def memory_store(self) -> MemoryStore:
         """The executor's conversation store (for the ``memory`` node and LLM nodes)."""
-        store = self._handle.shared.memory_store
+        store = self._runtime.memory_store
         if store is None:
             raise RuntimeError("this run has no memory store")
         return store
@@ -175,27 +177,27 @@ class NodeContext:
     @property
     def max_concurrent_tasks(self) -> int:
         """The run's ``max_concurrent_tasks`` (the default concurrency of a map)."""
-        return self._handle.shared.config.max_concurrent_tasks
+        return self._runtime.config.max_concurrent_tasks
 
     @contextmanager
     def workers(self, wanted: int) -> Iterator[int]:
         """Reserve up to ``wanted`` concurrent body runs (at least one) from the run's
         ``max_concurrent_tasks``, which maps at every depth share; yields how many."""
-        shared = self._handle.shared
-        granted = shared.take_workers(wanted)
+        runtime = self._runtime
+        granted = runtime.take_workers(wanted)
         try:
             yield granted
         finally:
-            shared.give_workers(granted)
+            runtime.give_workers(granted)
 
     async def sleep(self, seconds: float) -> None:
         """Sleep on the engine's clock (a fake clock in tests). With checkpoints on, the
         wake time is checkpointed first, so a resumed run sleeps only what is left."""
-        await self._handle.sleep(self.node_id, seconds)
+        await self._runtime.sleep(self.node_id, seconds)
 
     async def wait_for_signal(self, name: str, timeout: float | None = None) -> Any:
         """Park the run in ``waiting`` until ``executor.signal(run_id, name, payload)``."""
-        return await self._handle.wait_for_signal(self.node_id, name, timeout)
+        return await self._runtime.wait_for_signal(self.node_id, name, timeout)
 
     async def run_body(
         self,
@@ -205,11 +207,11 @@ class NodeContext:
         label: str = "",
     ) -> Any:
         """Run ``body`` (a nested workflow) to completion and return its output."""
-        return await self._handle.run_body(self, body, input, extra, label)
+        return await self._runtime.run_body(self.node_id, self.scope, body, input, extra, label)
 
     async def run_workflow(self, workflow_id: str, version: int | None, input: Any) -> Any:
         """Run a registered workflow as a child of this run and return its output."""
-        return await self._handle.run_subworkflow(self, workflow_id, version, input)
+        return await self._runtime.run_workflow(self.node_id, workflow_id, version, input)
 
 
 class BaseNode:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from app.engine.errors import FlowcoreError
+from app.engine.errors import FlowcoreError, InputValidationError
 
 __all__ = ["UnstorableValueError", "ValueProblem", "clean_text", "inspect_value"]
 
@@ -94,6 +94,16 @@ def inspect_value(value: Any, *, max_depth: int) -> int:
         else:
             size += _text_size(str(item), entry)
     return size
+
+
+def check_storable(value: Any, field: str, *, max_depth: int) -> None:
+    """Refuse run input or variables no store can hold (too deep, a NUL, a NaN) with
+    InputValidationError, before the run starts: the expression runtime would even cut
+    a string at a NUL."""
+    try:
+        inspect_value(value, max_depth=max_depth)
+    except ValueProblem as problem:
+        raise InputValidationError([f"{field}{problem.path}: {problem.reason}"]) from None
 
 
 def _plain(item: Any) -> Any:

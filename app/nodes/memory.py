@@ -8,13 +8,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.engine import (
     BaseNode,
+    ConversationMemory,
     NodeConfigError,
     NodeContext,
     NodeRegistry,
     NodeResult,
     WorkflowContext,
 )
-from app.engine.memory import ConversationMemory
 
 
 class MessageSpec(BaseModel):

@@ -26,19 +26,20 @@ from app.bus import EventBus
 from app.cache import MeteredBreakers, ServiceCache
 from app.config import Settings
 from app.engine import (
+    Checkpoint,
+    CircuitBreakerStore,
     EventSink,
     ExecutionConfig,
     FlowcoreError,
+    InMemoryMemoryStore,
     RunResult,
     WorkflowDefinition,
     WorkflowExecutor,
     WorkflowNotFoundError,
+    checkpoint_at,
+    clean_text,
     create_workflow,
 )
-from app.engine.breaker import CircuitBreakerStore
-from app.engine.checkpoint import Checkpoint, checkpoint_at
-from app.engine.memory import InMemoryMemoryStore
-from app.engine.values import clean_text
 from app.observability import metrics
 from app.runtime.definitions import DefinitionCache
 from app.runtime.journal import RunJournal

@@ -29,8 +29,7 @@ import time
 from collections.abc import Callable
 
 from app.bus import EventBus
-from app.engine import Event, EventType
-from app.engine.checkpoint import CheckpointRecord, CheckpointStore
+from app.engine import CheckpointRecord, CheckpointStore, Event, EventType
 from app.observability import metrics
 from app.store.errors import LeaseLost
 from app.store.lifecycle import TERMINAL

@@ -12,15 +12,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.config import Settings
-from app.engine import ExecutionConfig, InputValidationError, ValidationIssue
-from app.engine.checkpoint import (
+from app.engine import (
+    LIMIT_FIELDS,
+    PROCESS_FIELDS,
     Checkpoint,
+    ExecutionConfig,
+    InputValidationError,
+    ValidationIssue,
+    check_input,
     checkpoint_at,
     latest_of,
     parse_checkpoint_id,
 )
-from app.engine.config import LIMIT_FIELDS, PROCESS_FIELDS
-from app.engine.schema import check_input
 from app.runtime.definitions import DefinitionCache
 from app.runtime.errors import IdempotencyConflict, InvalidRunConfig, NotFound
 from app.runtime.records import (

@@ -20,8 +20,7 @@ from typing import Any, Protocol
 
 from app.bus import EventBus
 from app.config import Settings
-from app.engine import Event
-from app.engine.events import TERMINAL_EVENTS
+from app.engine import TERMINAL_EVENTS, Event
 from app.observability import metrics
 from app.store.lifecycle import TERMINAL
 from app.store.records import StoredEvent

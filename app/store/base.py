@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
-from app.engine.checkpoint import CheckpointRecord, NodeCheckpoint
+from app.engine import CheckpointRecord, NodeCheckpoint
 from app.store.db import db_now, insert_ignore, ping, sessionmaker
 from app.store.models import EventRow
 from app.store.notifications import (

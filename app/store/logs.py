@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import func, select
 
-from app.engine.checkpoint import CheckpointRecord
+from app.engine import CheckpointRecord
 from app.store.base import (
     StoreBase,
     _record_from,

@@ -21,8 +21,7 @@ from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.util.concurrency import await_
 
-from app.engine import Event
-from app.engine.checkpoint import CheckpointRecord, NodeCheckpoint
+from app.engine import CheckpointRecord, Event, NodeCheckpoint
 from app.store.base import _record_json
 from app.store.db import create_pg_pool, json_dumps
 from app.store.errors import LeaseLost

@@ -11,8 +11,7 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.exc import DBAPIError
 
-from app.engine import Event, EventType
-from app.engine.checkpoint import CheckpointRecord
+from app.engine import CheckpointRecord, Event, EventType
 from app.store.base import (
     Lease,
     StoreBase,

@@ -29,8 +29,7 @@ from typing import Any, TypeVar
 from sqlalchemy import JSON, Boolean, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.engine import Event
-from app.engine.checkpoint import CheckpointRecord
+from app.engine import CheckpointRecord, Event
 from app.store.base import _record_json
 from app.store.db import json_dumps
 from app.store.errors import LeaseLost

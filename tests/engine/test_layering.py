@@ -194,20 +194,92 @@ def test_relative_imports_resolve_from_the_package_of_an_init_module() -> None:
     assert forbidden_imports("from ... import x", "app.engine", is_package=True) == ["1: ..."]
 
 
-@pytest.mark.slow
-def test_importing_the_engine_loads_no_other_part_of_the_app() -> None:
-    # The registry finds node types lazily, through entry points: importing the engine
-    # must not pull in app.nodes (and through it httpx) or the YAML format plugin.
-    code = "import sys, app.engine\nprint('\\n'.join(sorted(m for m in sys.modules)))\n"
-    loaded = subprocess.run(
+def _printed_by_fresh_python(code: str) -> list[str]:
+    """The lines ``code`` prints, run in a fresh interpreter at the repository's root."""
+    return subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         check=True,
         cwd=ENGINE_DIR.parents[1],
         timeout=30,
-    ).stdout.split()
+    ).stdout.splitlines()
+
+
+@pytest.mark.slow
+def test_importing_the_engine_loads_no_other_part_of_the_app() -> None:
+    # The registry finds node types lazily, through entry points: importing the engine
+    # must not pull in app.nodes (and through it httpx) or the YAML format plugin.
+    code = "import sys, app.engine\nprint('\\n'.join(sorted(m for m in sys.modules)))\n"
+    loaded = _printed_by_fresh_python(code)
     app_modules = [m for m in loaded if m == "app" or m.startswith("app.")]
     assert all(m in ("app", ENGINE_PACKAGE) or m.startswith("app.engine.") for m in app_modules)
     for heavy in ("httpx", "yaml", "sqlalchemy", "fastapi", "redis"):
         assert heavy not in loaded
+
+
+@pytest.mark.slow
+def test_the_expression_library_loads_with_the_first_expression() -> None:
+    # The CEL library is a third of the engine's memory: an executor and a run without
+    # expressions must not load it (bench/features_memory.py measures the base RSS).
+    code = """
+import asyncio, sys
+import app.engine
+executor = app.engine.WorkflowExecutor()
+plain = {"id": "w", "nodes": [{"id": "a", "type": "noop"}, {"id": "b", "type": "noop"}],
+         "edges": [{"source": "a", "target": "b"}]}
+asyncio.run(executor.execute(plain, {}))
+print("cel_expr_python" in sys.modules)
+result = asyncio.run(executor.execute({**plain, "output": {"v": "input.v + 1"}}, {"v": 1}))
+print("cel_expr_python" in sys.modules, result.output)
+"""
+    assert _printed_by_fresh_python(code) == ["False", "True {'v': 2}"]
+
+
+# ------------------------------------------------- the rest of the app: public names only
+
+APP_DIR = ENGINE_DIR.parent
+
+
+def private_engine_names(source: str, module: str, public: frozenset[str]) -> list[str]:
+    """``"line: name"`` for every name ``source`` imports from ``app.engine`` that is not
+    in ``public`` (its ``__all__``). Imports of ``app.engine.<module>`` are the business
+    of the import-linter contract in pyproject.toml."""
+    package = module.rpartition(".")[0]
+    bad: list[str] = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        base = _resolve_relative(package, node.level, node.module) if node.level else node.module
+        if base == ENGINE_PACKAGE:
+            bad += [f"{node.lineno}: {a.name}" for a in node.names if a.name not in public]
+    return bad
+
+
+def test_the_app_imports_only_the_engines_public_names() -> None:
+    import app.engine
+
+    public = frozenset(app.engine.__all__) | {"*"}
+    offenders: dict[str, list[str]] = {}
+    for path in sorted(APP_DIR.rglob("*.py")):
+        if ENGINE_DIR in path.parents:
+            continue
+        relative = path.relative_to(APP_DIR.parent).with_suffix("")
+        module = ".".join(relative.parts)
+        bad = private_engine_names(path.read_text(encoding="utf-8"), module, public)
+        if bad:
+            offenders[module] = bad
+    assert offenders == {}
+
+
+def test_the_public_name_checker_catches_private_names() -> None:
+    sample = """
+from app.engine import WorkflowExecutor, compile_workflow
+from app.engine.graph import compile_workflow as cw
+from .engine import RunHandle
+from ..engine import Event
+def lazy() -> None:
+    from app.engine import _UNSET
+"""
+    found = private_engine_names(sample, "app.runtime.sample", frozenset({"WorkflowExecutor"}))
+    assert found == ["2: compile_workflow", "5: Event", "7: _UNSET"]

@@ -159,8 +159,7 @@ async def test_a_signal_is_refused_once_the_run_has_parked() -> None:
     sink = RecordingSink()
     task = asyncio.create_task(ex.execute(definition, run_id="r6", event_sinks=[sink]))
     await sink.wait_for(EventType.RUN_WAITING)
-    root = ex._runs["r6"].root
-    assert root is not None
+    root = ex._runs["r6"]  # the run's root graph
     park = root.park
 
     def parking() -> None:  # the moment the run parks, before its nodes stop
