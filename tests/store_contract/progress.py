@@ -137,6 +137,17 @@ async def signals_are_taken_once_in_arrival_order(bench: Bench) -> None:
 
 
 @check
+async def concurrent_takers_never_share_a_signal(bench: Bench) -> None:
+    store = bench.store
+    run_id = await bench.run()
+    for i in range(6):
+        await store.add_signal(run_id, "go", i)
+    batches = await asyncio.gather(*(store.take_signals([run_id]) for _ in range(8)))
+    batches.append(await store.take_signals([run_id]))
+    assert sorted(s.payload for batch in batches for s in batch) == list(range(6))  # each once
+
+
+@check
 async def a_parked_run_wakes_at_its_time_or_on_a_signal(bench: Bench) -> None:
     store = bench.store
     timer, waiter, due = [await bench.claimed() for _ in range(3)]
