@@ -31,26 +31,11 @@ Factory = Callable[[AsyncEngine], Store | None]
 OWNER = "replica-a"
 
 #: the run's attributes ``Bench.state`` compares
-RUN_FIELDS = [
-    "status",
-    "owner",
-    "lease_until",
-    "epoch",
-    "claims",
-    "started_at",
-    "finished_at",
-    "updated_at",
-    "output",
-    "error",
-    "event_seq",
-    "checkpoint_seq",
-    "current_nodes",
-    "resume_from",
-    "vars_patch",
-    "cancel_requested",
-    "parked",
-    "wake_at",
-]
+RUN_FIELDS = (
+    "status", "owner", "lease_until", "epoch", "claims", "started_at", "finished_at",
+    "updated_at", "output", "error", "event_seq", "checkpoint_seq", "current_nodes",
+    "resume_from", "vars_patch", "cancel_requested", "parked", "wake_at",
+)  # fmt: skip
 
 
 @dataclass

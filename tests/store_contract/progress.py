@@ -31,7 +31,7 @@ async def events_after_a_sequence_are_exactly_the_later_ones(bench: Bench) -> No
     lease, other = await bench.claimed(), await bench.claimed()
     run_id = lease.run_id
     await store.commit_progress(lease, [], events(run_id, 1, 2, 3))
-    await store.commit_progress(lease, [], events(run_id, 4, 5, 6))
+    await store.commit_progress(lease, [], events(run_id, 4, 5, 6), bulk=True)  # catching up
     await store.commit_progress(other, [], events(other.run_id, 1, 2))
 
     async def seqs(after: int, limit: int = 500) -> list[int]:
