@@ -117,6 +117,15 @@ async def a_created_run_is_queued_and_reads_back(bench: Bench) -> None:
     assert (fork.input, fork.fork_of, fork.vars_patch) == ("text", "run-1", {"n": 2})
     assert bench.heard == [RunQueued("run-1"), RunQueued("run-2")]
     assert await store.count_queued() == 2
+    # a claim hands its replica everything the run was created with
+    request = ("workflow_id", "workflow_version", "input", "config", "fork_of", "vars_patch")
+    created_with = {
+        r: [getattr(await store.get_run(r), a) for a in request] for r in ("run-1", "run-2")
+    }
+    claimed = {
+        run.id: [getattr(run, a) for a in request] for run in await store.claim_runs("A", 30, 5)
+    }
+    assert claimed == created_with
 
 
 @check
