@@ -83,7 +83,9 @@ class Leases(StoreBase):
                 ).scalars()
             ]
             await session.commit()
-            return claimed
+        # oldest first, as the dispatcher starts them (RETURNING gives the rows' order)
+        claimed.sort(key=lambda run: run.created_at)
+        return claimed
 
     async def heartbeat(
         self, owner: str, leases: Iterable[Lease], lease_seconds: float

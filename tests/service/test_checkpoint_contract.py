@@ -11,16 +11,20 @@ import pytest
 
 from app.bus import LocalEventBus
 from app.runtime.journal import RunJournal
-from app.store import Store, open_store
 from app.store.db import create_engine
 from app.store.repository import Lease
 from tests.checkpoint_contract import CHECKS, Check
+from tests.store_contract import IMPLEMENTATIONS
 
 
-@pytest.fixture(params=["portable", "for the dialect"])
+@pytest.fixture(params=list(IMPLEMENTATIONS))
 async def journal(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[RunJournal]:
     engine = create_engine(database_url)
-    store = Store(engine) if request.param == "portable" else open_store(engine)
+    made = IMPLEMENTATIONS[request.param](engine)
+    if made is None:
+        await engine.dispose()
+        pytest.skip(f"{request.param} does not serve this database")
+    store = made
     try:
         workflow = await store.create_workflow_version(
             f"contract-{uuid.uuid4().hex[:8]}", None, {"nodes": [{"id": "a", "type": "noop"}]}

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import update
 
-from app.store import Store, open_store
+from app.store import Store
 from app.store.db import create_engine
 from app.store.errors import InvalidTransition, LeaseLost
 from app.store.lifecycle import (
@@ -27,17 +27,22 @@ from app.store.lifecycle import (
 from app.store.models import Run
 from app.store.records import StoredWorkflow
 from app.store.repository import Lease
+from tests.store_contract import IMPLEMENTATIONS
 
 STATUSES = [s.value for s in RunStatus]
 OWNER = "replica-a"
 
 
-@pytest.fixture(params=["portable", "for the dialect"])
+@pytest.fixture(params=list(IMPLEMENTATIONS))
 async def store(request: pytest.FixtureRequest, database_url: str) -> AsyncIterator[Store]:
     """Each implementation: the portable Store, and the one ``open_store`` picks (on
     Postgres, PostgresStore; on SQLite, the same portable one)."""
     engine = create_engine(database_url)
-    store = Store(engine) if request.param == "portable" else open_store(engine)
+    made = IMPLEMENTATIONS[request.param](engine)
+    if made is None:
+        await engine.dispose()
+        pytest.skip(f"{request.param} does not serve this database")
+    store = made
     try:
         yield store
     finally:
