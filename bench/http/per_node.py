@@ -22,7 +22,6 @@ STEP: Raw = {"type": "transform", "config": {"output": {"steps": "1"}}}
 
 async def per_node_table(args: argparse.Namespace, results: Results) -> Table:
     concurrency = 5 if args.quick else 10
-    sequential = {n: counts[0 if args.quick else 1] for n, counts in LENGTHS.items()}
     table = Table(
         "2. Cost per durable node (Flowcore in-process, Postgres) by chain length",
         [
@@ -44,7 +43,7 @@ async def per_node_table(args: argparse.Namespace, results: Results) -> Table:
         for n in args.lengths:
             log(f"durable: {label} chain of {n}")
             doomed = node is NOOP and n == 1000  # one run shows how it ends
-            count = 1 if doomed else sequential[n]
+            count = 1 if doomed else LENGTHS[n][0 if args.quick else 1]
             with quiet("asyncio"):
                 async with scratch_postgres() as url:
                     single = await flowcore_batch(url, node, n, count, 1, 0 if doomed else 1)
