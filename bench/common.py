@@ -1,4 +1,7 @@
-"""Shared pieces of the engine benchmarks: tables, timing, workflow shapes, memory probes."""
+"""What the engine benchmarks (bench.engine and its section modules) share: timing
+interleaved samples, engine runs of prepared definitions, memory probes of a fresh
+process, the asyncio floor. The pieces every benchmark shares live in bench.support;
+the ones the engine's section modules use are re-exported here."""
 
 from __future__ import annotations
 
@@ -6,14 +9,10 @@ import asyncio
 import gc
 import json
 import math
-import platform
-import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from app.engine import (
@@ -25,77 +24,50 @@ from app.engine import (
     create_workflow,
 )
 from app.engine.graph import compile_workflow
+from bench.support.machine import ROOT, log, status_kb
+from bench.support.stats import cell, med, pct
+from bench.support.tables import Table, emit
+from bench.support.workflows import NOOP, Raw, chain_raw, fanout_raw, roots_raw
 
-ROOT = Path(__file__).resolve().parent.parent
+__all__ = [
+    "DELAY",
+    "DELAY_NODE",
+    "LIMITS",
+    "MIN_SAMPLE",
+    "NOOP",
+    "ROOT",
+    "SHAPES",
+    "AsyncFn",
+    "Raw",
+    "Table",
+    "calibrate",
+    "cell",
+    "chain_raw",
+    "check_engine",
+    "emit",
+    "engine_run",
+    "fanout_raw",
+    "floor_chain",
+    "floor_fanout",
+    "log",
+    "med",
+    "pct",
+    "prepared",
+    "reset_peak",
+    "roots_raw",
+    "run_child",
+    "side_by_side",
+    "status_kb",
+    "timed",
+    "warned",
+]
+
 LIMITS = ExecutionConfig(max_nodes=20_000, max_edges=50_000)
 DELAY = 0.01
 #: a timed sample of a fast operation loops until it lasts at least this long
 MIN_SAMPLE = 0.03
 
-Raw = dict[str, Any]
 AsyncFn = Callable[[], Awaitable[object]]
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
-# ------------------------------------------------------------------------------ tables
-
-
-@dataclass
-class Table:
-    title: str
-    headers: list[str]
-    align: str  # one "l" or "r" per column
-    rows: list[list[str]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    def render(self, markdown: bool) -> str:
-        if markdown:
-            lines = [f"### {self.title}", ""]
-            lines.append("| " + " | ".join(self.headers) + " |")
-            lines.append("|" + "|".join("---:" if a == "r" else ":---" for a in self.align) + "|")
-            lines.extend("| " + " | ".join(row) + " |" for row in self.rows)
-            if self.notes:
-                lines.append("")
-                lines.extend(f"- {note}" for note in self.notes)
-            return "\n".join(lines) + "\n"
-        widths = [
-            max(len(self.headers[i]), *(len(row[i]) for row in self.rows))
-            if self.rows
-            else len(self.headers[i])
-            for i in range(len(self.headers))
-        ]
-
-        def line(cells: Sequence[str]) -> str:
-            return "  ".join(
-                c.rjust(w) if a == "r" else c.ljust(w)
-                for c, w, a in zip(cells, widths, self.align, strict=True)
-            ).rstrip()
-
-        out = [self.title, "=" * len(self.title), line(self.headers)]
-        out.append("  ".join("-" * w for w in widths))
-        out.extend(line(row) for row in self.rows)
-        out.extend(f"  * {note}" for note in self.notes)
-        return "\n".join(out) + "\n"
-
-
-def emit(table: Table, markdown: bool) -> None:
-    print(table.render(markdown), flush=True)
-
-
-def med(xs: Sequence[float]) -> float:
-    return statistics.median(xs)
-
-
-def cell(xs: Sequence[float], scale: float, digits: int = 1) -> str:
-    """``median (min)`` of ``xs`` times ``scale``."""
-    return f"{med(xs) * scale:,.{digits}f} ({min(xs) * scale:,.{digits}f})"
-
-
-def pct(a: float, b: float) -> str:
-    return f"{(a / b - 1) * 100:+.2f}"
 
 
 # ------------------------------------------------------------------------------ timing
@@ -131,29 +103,6 @@ async def side_by_side(
 # ------------------------------------------------------------------------ definitions
 
 
-def chain_raw(n: int, node: Raw) -> Raw:
-    return {
-        "id": f"chain-{n}",
-        "nodes": [{"id": f"n{i}", **node} for i in range(n)],
-        "edges": [{"source": f"n{i}", "target": f"n{i + 1}"} for i in range(n - 1)],
-    }
-
-
-def fanout_raw(n: int, node: Raw) -> Raw:
-    """One root with an edge to each of the other n - 1 nodes."""
-    return {
-        "id": f"fanout-{n}",
-        "nodes": [{"id": f"n{i}", **node} for i in range(n)],
-        "edges": [{"source": "n0", "target": f"n{i}"} for i in range(1, n)],
-    }
-
-
-def roots_raw(n: int, node: Raw) -> Raw:
-    """n nodes and no edges: every node is a root."""
-    return {"id": f"roots-{n}", "nodes": [{"id": f"n{i}", **node} for i in range(n)]}
-
-
-NOOP: Raw = {"type": "noop"}
 DELAY_NODE: Raw = {"type": "delay", "config": {"seconds": DELAY}}
 SHAPES: dict[str, Callable[[int, Raw], Raw]] = {"chain": chain_raw, "fan-out": fanout_raw}
 
@@ -185,14 +134,6 @@ def engine_run(executor: WorkflowExecutor, definition: WorkflowDefinition, label
 
 
 # ------------------------------------------------------------------------- memory probes
-
-
-def status_kb(field_name: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field_name + ":"):
-                return int(line.split()[1])
-    return -1
 
 
 def reset_peak() -> bool:
@@ -236,49 +177,3 @@ async def floor_fanout(n: int, width: int) -> None:
             await asyncio.sleep(DELAY)
 
     await asyncio.gather(*(one() for _ in range(n)))
-
-
-# ---------------------------------------------------------------- the machine
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _git(*args: str) -> subprocess.CompletedProcess[str] | None:
-    try:
-        return subprocess.run(
-            ["git", "--no-optional-locks", *args],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    except OSError:
-        return None
-
-
-def revision(label: str | None = None) -> str:
-    if label:
-        return label
-    head = _git("rev-parse", "--short", "HEAD")
-    if head is None or head.returncode != 0:
-        return "unknown (not a git checkout)"
-    diff = _git("diff", "--quiet", "HEAD", "--", "app")
-    dirty = diff is not None and diff.returncode == 1
-    return head.stdout.strip() + (" + uncommitted changes in app/" if dirty else "")
-
-
-def loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "unknown"

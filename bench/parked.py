@@ -20,8 +20,11 @@ from dataclasses import dataclass
 import asyncpg
 import httpx
 
-from bench._service import plain_dsn, postgres_unavailable, scratch_postgres, serve
-from bench.common import Table, emit, log, med
+from bench.support.databases import plain_dsn, postgres_unavailable, scratch_postgres
+from bench.support.machine import log, status_kb
+from bench.support.server import serve
+from bench.support.stats import med
+from bench.support.tables import Table, emit
 
 CLIENTS = 50
 HOUR = 3600
@@ -45,14 +48,6 @@ def connect(base_url: str) -> httpx.AsyncClient:
     return httpx.AsyncClient(
         base_url=base_url, timeout=60, limits=httpx.Limits(max_connections=CLIENTS)
     )
-
-
-def rss_kb(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 @dataclass
@@ -128,7 +123,7 @@ async def measure(runs: int, parking: bool) -> Outcome:
             total += runs
             await settled(url, parked=total if parking else 0, running=0 if parking else total)
             await asyncio.sleep(1.0)  # let the last commits and log lines settle
-            sizes.append(rss_kb(pid))
+            sizes.append(status_kb("VmRSS", pid))
         quick: list[float] = []
         ok = 0
         async with connect(server.base_url) as client:

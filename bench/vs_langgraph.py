@@ -42,7 +42,7 @@ class LGState(TypedDict):
     steps: Annotated[int, operator.add]
 
 
-async def _lg_noop_async(state: LGState) -> dict[str, int]:
+async def lg_noop_async(state: LGState) -> dict[str, int]:
     return {"steps": 1}
 
 
@@ -55,7 +55,9 @@ async def _lg_delay(state: LGState) -> dict[str, int]:
     return {"steps": 1}
 
 
-def lg_graph(shape: str, n: int, fn: Callable[..., Any]) -> Any:
+def lg_graph(shape: str, n: int, fn: Callable[..., Any], checkpointer: Any = None) -> Any:
+    """A ``StateGraph`` of ``n`` nodes running ``fn``, chained or fanned out from n0, as
+    the engine's shapes are; compiled with ``checkpointer`` (none: in memory only)."""
     from langgraph.graph import END, START, StateGraph
 
     graph = StateGraph(LGState)
@@ -70,7 +72,7 @@ def lg_graph(shape: str, n: int, fn: Callable[..., Any]) -> Any:
         for i in range(1, n):
             graph.add_edge("n0", f"n{i}")
             graph.add_edge(f"n{i}", END)
-    return graph.compile()
+    return graph.compile(checkpointer=checkpointer)
 
 
 def lg_run(graph: Any, n: int, label: str) -> AsyncFn:
@@ -103,7 +105,7 @@ async def section_langgraph(args: argparse.Namespace) -> list[Table]:
     )
     engine_exec = WorkflowExecutor()
     await engine_exec.execute(prepared(chain_raw(3, NOOP)))
-    await lg_run(lg_graph("chain", 3, _lg_noop_async), 3, "lg warm-up")()
+    await lg_run(lg_graph("chain", 3, lg_noop_async), 3, "lg warm-up")()
     ratios: list[tuple[str, int, float]] = []
     capped: list[str] = []
     for shape in SHAPES:
@@ -117,7 +119,7 @@ async def section_langgraph(args: argparse.Namespace) -> list[Table]:
             engine_cold = time.perf_counter() - t0
             gc.collect()
             t0 = time.perf_counter()
-            graph = lg_graph(shape, n, _lg_noop_async)
+            graph = lg_graph(shape, n, lg_noop_async)
             lg_built = time.perf_counter()
             lg_first: float | None = None
             try:

@@ -1,0 +1,5 @@
+"""``python -m bench.http``."""
+
+from bench.http.cli import main
+
+main()
