@@ -26,7 +26,7 @@ class Results:
 
 def targets_table(args: argparse.Namespace, results: Results) -> Table:
     table = Table(
-        "5. Targets (issues 4 and 5)",
+        "5. Targets (issues 4, 5 and 11)",
         ["target", "measured", "verdict"],
         "llr",
     )
@@ -45,11 +45,13 @@ def targets_table(args: argparse.Namespace, results: Results) -> Table:
         )
     for (dialect, mode), rate in results.http.items():
         ratio = rate / lg_rate
+        # issue 11: embedded SQLite, the first thing users run, at 3x; the others at 2x
+        goal = 3 if dialect == "sqlite" else 2
         table.rows.append(
             [
-                f"HTTP >= 2x LangGraph's runs/s ({dialect}, {mode})",
+                f"HTTP >= {goal}x LangGraph's runs/s ({dialect}, {mode})",
                 f"{rate:,.1f} vs {lg_rate:,.1f} runs/s = {ratio:.2f}x",
-                "met" if ratio >= 2 else "NOT met",
+                "met" if ratio >= goal else "NOT met",
             ]
         )
     for mode in ("sse", "wait"):
