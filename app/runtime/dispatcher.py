@@ -44,7 +44,7 @@ from app.observability import metrics
 from app.runtime.definitions import DefinitionCache
 from app.runtime.journal import RunJournal
 from app.store.errors import LeaseLost
-from app.store.notifications import Notification, RunControl
+from app.store.notifications import RELEASED, Notification, RunControl, RunFinished, RunQueued
 from app.store.records import StoredRun
 from app.store.repository import Lease, Store
 
@@ -107,7 +107,12 @@ class Dispatcher:
         self.active: dict[str, ActiveRun] = {}
         #: (workflow id, version) -> its compiled definition (see ``_definition``)
         self._compiled: dict[tuple[str, int], WorkflowDefinition] = {}
+        #: the claim loop looks again when woken (``_wake``) with a reason: runs announced
+        #: queued since its last claim (``_queued``), or anything else that may have made
+        #: a run claimable (``_look``: a poll, a slot freed, runs released elsewhere)
         self._wake = asyncio.Event()
+        self._queued: set[str] = set()
+        self._look = True
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         #: when the first parked run is due, as last learned (None: no timer known)
@@ -125,7 +130,7 @@ class Dispatcher:
             loop.create_task(self._claim_loop(), name="flowcore-claim"),
             loop.create_task(self._heartbeat_loop(), name="flowcore-heartbeat"),
         ]
-        self._wake.set()
+        self._poke()
 
     async def stop(self) -> None:
         """Stop claiming, stop local runs without recording an outcome, and give them
@@ -159,11 +164,25 @@ class Dispatcher:
     # -------------------------------------------------------------- notifications
 
     def _on_notification(self, notification: Notification) -> None:
+        run_id = notification.run_id
         if isinstance(notification, RunControl):
-            if notification.run_id in self.active:
-                asyncio.get_running_loop().create_task(self._control(notification.run_id))
-        else:  # a run to claim, or a slot may have freed up elsewhere: cheap to look
+            if run_id in self.active:
+                asyncio.get_running_loop().create_task(self._control(run_id))
+        elif isinstance(notification, RunQueued) and run_id != RELEASED:
+            # on Postgres it comes twice (from this process, then back over LISTEN),
+            # often while the claim that takes the run is on the wire: a claim that
+            # took it settles both (see ``_claim_loop``)
+            self._queued.add(run_id)
             self._wake.set()
+        elif isinstance(notification, RunFinished) and run_id in self.active:
+            pass  # one of ours: its slot frees when its execution ends, which looks
+        else:  # runs released, or a slot may have freed up elsewhere: cheap to look
+            self._poke()
+
+    def _poke(self) -> None:
+        """Make the claim loop look for runs to claim now."""
+        self._look = True
+        self._wake.set()
 
     async def _control(self, run_id: str) -> None:
         """A run of this replica was signalled, cancelled or resumed elsewhere."""
@@ -208,9 +227,12 @@ class Dispatcher:
     async def _claim_loop(self) -> None:
         while not self._stopping:
             self._wake.clear()
+            self._queued.difference_update(self.active)  # claimed here meanwhile
             free = self.settings.max_concurrent_runs - len(self.active)
             claimed: list[StoredRun] = []
-            if free > 0:
+            if free > 0 and (self._look or self._queued):
+                self._look = False
+                self._queued.clear()
                 try:
                     claimed = await self.store.claim_runs(
                         self.owner, self.settings.lease_seconds, free
@@ -220,10 +242,13 @@ class Dispatcher:
             for run in claimed:
                 self._start(run)
             if claimed and len(claimed) == free:
-                continue  # there may be more
+                self._look = True  # there may be more
+                continue
             idle = await self._idle_seconds()
-            with contextlib.suppress(TimeoutError):
+            try:
                 await asyncio.wait_for(self._wake.wait(), idle)
+            except TimeoutError:
+                self._look = True  # the poll: expired leases and due parked runs say nothing
 
     async def _idle_seconds(self) -> float:
         """How long to wait for a wake-up: ``poll_seconds``, or less when a parked run
@@ -358,7 +383,7 @@ class Dispatcher:
             metrics.ACTIVE_RUNS.dec()
             if self.active.get(run.id) is active:
                 del self.active[run.id]
-            self._wake.set()
+            self._poke()
 
     async def _run(
         self, executor: WorkflowExecutor, journal: RunJournal, run: StoredRun

@@ -13,8 +13,12 @@ next ones, so a run of quick nodes commits its progress and its outcome in one
 transaction (the window is also how long a live client may wait for a node's
 ``node.completed``: throughput against latency, 20 ms by default); a
 record that changes what the run is (waiting, finished) commits at once with everything
-before it. Events that no checkpoint picks up (a node that started and is still running)
-are committed within ``flush_seconds`` of their emission — by the next checkpoint commit
+before it. A run whose every started node sleeps in a ``delay`` past the end of the
+window commits at once too: nothing can join the group before the window closes, and
+closing it then would put the commit where a node's sleep ends — as with 10 ms delays
+and the 20 ms window, where every commit held up the nodes it ran into.
+Events that no checkpoint picks up (a node that started and is still running) are
+committed within ``flush_seconds`` of their emission — by the next checkpoint commit
 if one comes first, else by the flusher. What was not committed when the replica dies
 is done again by the replica that takes the run over: a node whose result committed
 never runs again; one whose result had not may (at-least-once, as before).
@@ -27,6 +31,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 from app.bus import EventBus
 from app.engine import CheckpointRecord, CheckpointStore, Event, EventType
@@ -79,6 +84,10 @@ class RunJournal(CheckpointStore):
         #: the flusher sleeps on ``_work`` while there is nothing to commit (``_idle``)
         self._idle = False
         self._work = asyncio.Event()
+        #: top-level nodes started and not ended (from the events), and what the last
+        #: record says they wait on (see ``_asleep_past_window``)
+        self._running: set[str] = set()
+        self._pending: dict[str, dict[str, Any]] = {}
 
     # -- EventSink
 
@@ -86,6 +95,12 @@ class RunJournal(CheckpointStore):
         if self.lost:
             return
         self.pending.append(event)
+        node = event.node_id
+        if node is not None and "/" not in node:
+            if event.type is EventType.NODE_STARTED:
+                self._running.add(node)
+            elif event.type in _NODE_ENDED:
+                self._running.discard(node)
         if self._idle:
             self._idle = False
             self._work.set()
@@ -102,9 +117,10 @@ class RunJournal(CheckpointStore):
             if first:
                 self._deferred_since = time.time()
             self._deferred.extend(records)
-            if first or self._idle:
+            self._pending = records[-1].pending
+            if first or self._idle or self._asleep_past_window():
                 # the flusher may be asleep until a later deadline (an event's
-                # ``flush_seconds``): the window of these records ends sooner
+                # ``flush_seconds``): the window of these records ends sooner, or now
                 self._idle = False
                 self._work.set()
             return
@@ -209,6 +225,20 @@ class RunJournal(CheckpointStore):
             finally:
                 self._flushing = False
 
+    def _asleep_past_window(self) -> bool:
+        """Every top-level node in flight sleeps (the last record has their wake times)
+        until after the deferred records' window closes. Looked at again by the flusher,
+        which runs after the nodes that a node's end let start have begun: one of them
+        still busy, or not yet in a record, means no."""
+        if not self._running:
+            return False
+        closes = self._deferred_since + self.commit_window
+        for node in self._running:
+            item = self._pending.get(node)
+            if item is None or item.get("wake_at", closes) < closes:
+                return False
+        return True
+
     def _flush_due(self) -> float:
         """Seconds until the oldest deferred record, or the oldest event a flush would
         commit, is ``flush_seconds`` old (``flush_seconds`` when there is none: what
@@ -216,6 +246,8 @@ class RunJournal(CheckpointStore):
         due = self.flush_seconds
         now = time.time()
         if self._deferred:
+            if self._asleep_past_window():
+                return 0.0
             due = min(due, self._deferred_since + self.commit_window - now)
         pending = self.pending
         if pending and not _checkpointed(pending[0]):
@@ -302,6 +334,9 @@ class RunJournal(CheckpointStore):
             if self.on_lease_lost is not None:
                 self.on_lease_lost()
 
+
+#: events that end a node's execution (a node that started is running until one comes)
+_NODE_ENDED = frozenset({EventType.NODE_COMPLETED, EventType.NODE_FAILED, EventType.NODE_SKIPPED})
 
 #: events that announce what the next checkpoint records
 _CHECKPOINTED = frozenset(
