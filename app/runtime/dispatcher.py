@@ -51,6 +51,10 @@ from app.store.repository import Lease, Store
 logger = logging.getLogger("flowcore.runtime")
 
 
+#: how many of the runs executed here the dispatcher remembers (``_recent``)
+RECENT_RUNS = 4096
+
+
 class StoreWorkflowResolver:
     """``subworkflow`` nodes find their workflows in the store."""
 
@@ -113,6 +117,9 @@ class Dispatcher:
         self._wake = asyncio.Event()
         self._queued: set[str] = set()
         self._look = True
+        #: runs executed here lately: their notifications' echoes are no reason to look
+        #: (an echo may come after the run already ended here); see ``_on_notification``
+        self._recent: dict[str, None] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
         #: when the first parked run is due, as last learned (None: no timer known)
@@ -168,13 +175,18 @@ class Dispatcher:
         if isinstance(notification, RunControl):
             if run_id in self.active:
                 asyncio.get_running_loop().create_task(self._control(run_id))
+            else:  # resumed or signalled after it left: its next RunQueued is news
+                self._recent.pop(run_id, None)
         elif isinstance(notification, RunQueued) and run_id != RELEASED:
             # on Postgres it comes twice (from this process, then back over LISTEN),
-            # often while the claim that takes the run is on the wire: a claim that
-            # took it settles both (see ``_claim_loop``)
-            self._queued.add(run_id)
-            self._wake.set()
-        elif isinstance(notification, RunFinished) and run_id in self.active:
+            # often while the claim that takes the run is on the wire, or after the run
+            # even ended here: a claim that took it settles both (see ``_claim_loop``)
+            if run_id not in self._recent:
+                self._queued.add(run_id)
+                self._wake.set()
+        elif isinstance(notification, RunFinished) and (
+            run_id in self.active or run_id in self._recent
+        ):
             pass  # one of ours: its slot frees when its execution ends, which looks
         else:  # runs released, or a slot may have freed up elsewhere: cheap to look
             self._poke()
@@ -275,6 +287,9 @@ class Dispatcher:
             self._wake.set()
 
     def _start(self, run: StoredRun) -> None:
+        self._recent[run.id] = None
+        if len(self._recent) > RECENT_RUNS:
+            del self._recent[next(iter(self._recent))]  # the oldest
         previous = self.active.get(run.id)
         if previous is not None:
             # an older execution of this run (resumed in place, or its lease expired

@@ -336,6 +336,12 @@ class PostgresStore(Store):
         pool = await self._pg()
         return int(await pool.fetchval(_PG_LAST_EVENT_SEQ, run_id))
 
+    async def next_wake_at(self) -> float | None:
+        """Read on every poll of every dispatcher: one statement on the hot path."""
+        pool = await self._pg()
+        value = await pool.fetchval(_PG_NEXT_WAKE)
+        return float(value) if value is not None else None
+
 
 def _run_from(record: Any) -> StoredRun | None:
     return StoredRun.from_mapping(record) if record is not None else None
@@ -371,6 +377,7 @@ _PG_LET_GO_BUT_PARKING = ", ".join(
 _PG_COUNT_QUEUED = f"SELECT count(*) FROM runs WHERE status = '{QUEUED}'"
 _PG_CANCEL_REQUESTED = "SELECT cancel_requested FROM runs WHERE id = $1"
 _PG_LAST_EVENT_SEQ = "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = $1"
+_PG_NEXT_WAKE = f"SELECT min(wake_at) FROM runs WHERE status = '{WAITING}' AND parked"
 
 _PG_CREATE_RUN = f"""
 WITH created AS (

@@ -285,6 +285,15 @@ class SqliteStore(Store):
     async def last_event_seq(self, run_id: str) -> int:
         return await self._read_job(lambda c: int(c.execute(_LAST_SEQ, (run_id,)).fetchone()[0]))
 
+    async def next_wake_at(self) -> float | None:
+        """Read on every poll of every dispatcher: one statement on the reader."""
+
+        def read(c: sqlite3.Connection) -> float | None:
+            value = c.execute(_NEXT_WAKE).fetchone()[0]
+            return float(value) if value is not None else None
+
+        return await self._read_job(read)
+
     # ----------------------------------------------------------------- writes
 
     async def _insert_run(self, **values: Any) -> tuple[StoredRun, bool]:
@@ -452,6 +461,7 @@ _WORKFLOW_COLUMNS = _columns(WorkflowVersion)
 _COUNT_QUEUED = f"SELECT count(*) FROM runs WHERE status = '{QUEUED}'"
 _CANCEL_REQUESTED = "SELECT cancel_requested FROM runs WHERE id = ?"
 _LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?"
+_NEXT_WAKE = f"SELECT min(wake_at) FROM runs WHERE status = '{WAITING}' AND parked"
 _GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?"
 _RUN_BY_KEY = f"SELECT {_RUN_COLUMNS} FROM runs WHERE idempotency_key = ?"
 _WORKFLOW_VERSION = (

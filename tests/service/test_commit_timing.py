@@ -155,8 +155,9 @@ async def test_a_run_costs_the_claim_loop_one_claim_and_one_look_after_it(
     LISTEN): neither the echo of a run's creation nor its end is a reason to claim."""
 
     def counting(engine: Any) -> Store:
-        base = type(open_store(engine))
-        return type("Counting", (_CountingClaims, base), {})(engine)  # type: ignore[no-any-return]
+        store = open_store(engine)  # the dialect's store, counting its claims
+        store.__class__ = type("Counting", (_CountingClaims, type(store)), {})
+        return store
 
     settings = Settings(database_url=database_url, poll_seconds=WINDOW, heartbeat_seconds=WINDOW)
     runtime = await build(settings, store_factory=counting, dispatcher=True)
