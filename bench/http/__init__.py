@@ -2,7 +2,7 @@
 
     python -m bench.http                   # everything (~2 minutes, after a quiet machine)
     python -m bench.http --quick           # smaller batches, one repetition
-    python -m bench.http --only durable    # or --only http
+    python -m bench.http --only durable    # or --only http, --only delays
     python -m bench.http --markdown        # GitHub tables (for docs/benchmarks-http.md)
 
 Sections:
@@ -18,6 +18,9 @@ Sections:
              to its terminal event (or POST /v1/runs?wait=30), on Postgres, on Postgres
              with Redis (FLOWCORE_REDIS_URL; skipped when Redis does not answer, or with
              --no-redis) and on SQLite.
+``delays``   In-process, Postgres and SQLite: 200 ``delay`` nodes of 10 ms as a fan-out
+             (10 at a time) and as a chain, against the asyncio floor in the same
+             process, and a single 10-node run on an idle service (issue 11's targets).
 
 ``python -m bench.redis`` goes further into Redis: what it costs a run over more rounds,
 the cost of /metrics scraping under load, and live events across replicas.
@@ -29,15 +32,22 @@ waits for the machine's 1-minute load average to fall below 1.0 first. Progress 
 to stderr, tables to stdout.
 
 One module per table: durable.py (1), per_node.py (2), endtoend.py (3, 4), targets.py
-(5); inprocess.py and langgraph_peer.py are the two runners of table 1, cli.py the
+(5), delays.py (6); inprocess.py and langgraph_peer.py are the two runners of table 1, cli.py the
 command line. What other benchmarks share is in bench.support.
 """
 
 from bench.http.inprocess import (
     CountingPostgresStore,
+    CountingSqliteStore,
     CountingStore,
     InProcessService,
     counting_store,
 )
 
-__all__ = ["CountingPostgresStore", "CountingStore", "InProcessService", "counting_store"]
+__all__ = [
+    "CountingPostgresStore",
+    "CountingSqliteStore",
+    "CountingStore",
+    "InProcessService",
+    "counting_store",
+]

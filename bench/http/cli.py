@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 import bench.http
+from bench.http.delays import section_delays
 from bench.http.durable import section_durable
 from bench.http.endtoend import section_http
 from bench.http.per_node import LENGTHS
@@ -18,7 +19,7 @@ from bench.support.databases import postgres_ready
 from bench.support.machine import log, version, wait_for_quiet
 from bench.support.tables import emit
 
-SECTIONS = ("durable", "http")
+SECTIONS = ("durable", "http", "delays")
 QUICK = "smaller batches, one repetition"
 
 
@@ -78,11 +79,17 @@ async def run(args: argparse.Namespace) -> None:
         sections.remove("durable")
     for section in sections:
         began = time.perf_counter()
-        tables = await (section_durable if section == "durable" else section_http)(args, results)
+        if section == "delays":
+            tables = await section_delays(args)
+        else:
+            measure = section_durable if section == "durable" else section_http
+            tables = await measure(args, results)
         for table in tables:
             emit(table, args.markdown)
         log(f"{section}: {time.perf_counter() - began:.0f} s")
-    emit(targets_table(args, results), args.markdown)
+    targets = targets_table(args, results)
+    if targets.rows:  # --only delays has its verdicts in its own table
+        emit(targets, args.markdown)
     cli.print_footer(started, args.markdown)
 
 
