@@ -31,10 +31,17 @@ class Leases(StoreBase):
     """The dispatcher's side of the queue."""
 
     async def claim_runs(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
-        """Claim up to ``limit`` runs: queued ones, and active ones whose lease expired.
-        ``FOR UPDATE SKIP LOCKED`` keeps replicas from claiming the same run."""
+        """Claim up to ``limit`` runs: queued ones, active ones whose lease expired, and
+        parked ones that are due; oldest first, as the dispatcher starts them."""
         if limit <= 0:
             return []
+        claimed = await self._claim(owner, float(lease_seconds), limit)
+        claimed.sort(key=lambda run: run.created_at)  # RETURNING gives the rows' order
+        return claimed
+
+    async def _claim(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
+        """claim_runs's write. ``FOR UPDATE SKIP LOCKED`` keeps replicas from claiming
+        the same run."""
         now = db_now(self.engine)
         async with self._write() as session:
             ids = list(
@@ -83,8 +90,6 @@ class Leases(StoreBase):
                 ).scalars()
             ]
             await session.commit()
-        # oldest first, as the dispatcher starts them (RETURNING gives the rows' order)
-        claimed.sort(key=lambda run: run.created_at)
         return claimed
 
     async def heartbeat(
@@ -95,6 +100,11 @@ class Leases(StoreBase):
         leases = list(leases)
         if not leases:
             return [], []
+        return await self._heartbeat(owner, leases, lease_seconds)
+
+    async def _heartbeat(
+        self, owner: str, leases: list[Lease], lease_seconds: float
+    ) -> tuple[list[str], list[str]]:
         now = db_now(self.engine)
         lost: list[str] = []
         async with self._turn(), self._write() as session:

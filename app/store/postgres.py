@@ -14,14 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 from sqlalchemy.util.concurrency import await_
 
-from app.engine import CheckpointRecord, Event, NodeCheckpoint
+from app.engine import NodeCheckpoint
 from app.store.base import _record_json
 from app.store.db import create_pg_pool, json_dumps
 from app.store.errors import LeaseLost
@@ -43,6 +43,7 @@ from app.store.notifications import (
     RunQueued,
     encode,
 )
+from app.store.progress import Commit
 from app.store.records import StoredEvent, StoredRun, StoredWorkflow
 from app.store.repository import NOTIFY_CHANNEL, Lease, Store
 
@@ -178,23 +179,16 @@ class PostgresStore(Store):
         pool = await self._pg()
         return _run_from(await pool.fetchrow(_PG_GET_RUN, run_id))
 
-    async def claim_runs(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
+    async def _claim(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
         """One statement: lock, claim and return the rows."""
-        if limit <= 0:
-            return []
         pool = await self._pg()
-        records = await pool.fetch(_PG_CLAIM, owner, float(lease_seconds), limit)
-        claimed = [StoredRun.from_mapping(record) for record in records]
-        claimed.sort(key=lambda run: run.created_at)
-        return claimed
+        records = await pool.fetch(_PG_CLAIM, owner, lease_seconds, limit)
+        return [StoredRun.from_mapping(record) for record in records]
 
-    async def heartbeat(
-        self, owner: str, leases: Iterable[Lease], lease_seconds: float
+    async def _heartbeat(
+        self, owner: str, leases: list[Lease], lease_seconds: float
     ) -> tuple[list[str], list[str]]:
         """One statement for every lease."""
-        leases = list(leases)
-        if not leases:
-            return [], []
         pool = await self._pg()
         ids = [lease.run_id for lease in leases]
         record = await pool.fetchrow(
@@ -218,20 +212,12 @@ class PostgresStore(Store):
             asyncpg.exceptions.ConnectionDoesNotExistError,
         )
 
-    async def _commit_progress(
-        self,
-        lease: Lease,
-        records: Sequence[CheckpointRecord],
-        events: Sequence[Event],
-        *,
-        status: str | None = None,
-        current_nodes: list[str] | None = None,
-        outcome: tuple[str, Any, dict[str, Any] | None] | None = None,
-        bulk: bool = False,
-    ) -> None:
+    async def _commit_progress(self, lease: Lease, commit: Commit) -> None:
         """commit_progress on Postgres: ONE statement, so one transaction and one round
         trip. The fenced UPDATE of the run is a CTE the INSERTs select from: when the
         fence matches no row (the lease moved), they insert nothing."""
+        records, events, status = commit.records, commit.events, commit.status
+        current_nodes, outcome = commit.current_nodes, commit.outcome
         now = time.time()
         run_id = lease.run_id
         if outcome is not None:  # the outcome sets both

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select, update
@@ -41,6 +42,18 @@ from app.store.notifications import (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One fenced progress write, as ``commit_progress`` takes it (see there)."""
+
+    records: Sequence[CheckpointRecord]
+    events: Sequence[Event]
+    status: str | None
+    current_nodes: list[str] | None
+    outcome: tuple[str, Any, dict[str, Any] | None] | None
+    bulk: bool
+
+
 class Progress(StoreBase):
     """A running run's writes, fenced on its lease."""
 
@@ -67,17 +80,10 @@ class Progress(StoreBase):
         ended on a run that is still 'running' (and that another replica would resume)."""
         if outcome is not None and outcome[0] not in TERMINAL:
             raise InvalidTransition(f"{outcome[0]!r} is not a terminal status")
+        commit = Commit(records, events, status, current_nodes, outcome, bulk)
         for attempt in range(3):
             try:
-                await self._commit_progress(
-                    lease,
-                    records,
-                    events,
-                    status=status,
-                    current_nodes=current_nodes,
-                    outcome=outcome,
-                    bulk=bulk,
-                )
+                await self._commit_progress(lease, commit)
                 break
             except DBAPIError as exc:
                 # a connection that died (database restart, network blip) is invalidated
@@ -96,17 +102,9 @@ class Progress(StoreBase):
         be retried)."""
         return ()
 
-    async def _commit_progress(
-        self,
-        lease: Lease,
-        records: Sequence[CheckpointRecord],
-        events: Sequence[Event],
-        *,
-        status: str | None = None,
-        current_nodes: list[str] | None = None,
-        outcome: tuple[str, Any, dict[str, Any] | None] | None = None,
-        bulk: bool = False,
-    ) -> None:
+    async def _commit_progress(self, lease: Lease, commit: Commit) -> None:
+        records, events, status = commit.records, commit.events, commit.status
+        current_nodes, outcome, bulk = commit.current_nodes, commit.outcome, commit.bulk
         now = time.time()
         values: dict[str, Any] = {"updated_at": now}
         if events:

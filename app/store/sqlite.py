@@ -22,14 +22,13 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Boolean, event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from app.engine import CheckpointRecord, Event
 from app.store.base import _record_json
 from app.store.db import json_dumps
 from app.store.errors import LeaseLost
@@ -45,6 +44,7 @@ from app.store.lifecycle import (
 )
 from app.store.models import EventRow, Run, SignalRow, WorkflowVersion
 from app.store.notifications import RunQueued
+from app.store.progress import Commit
 from app.store.records import (
     StoredEvent,
     StoredRun,
@@ -310,25 +310,17 @@ class SqliteStore(Store):
         self._announce(RunQueued(row.id))
         return row, True
 
-    async def claim_runs(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
-        if limit <= 0:
-            return []
-
+    async def _claim(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
         def claim(c: sqlite3.Connection) -> list[StoredRun]:
             now = time.time()
             args = {"owner": owner, "until": now + lease_seconds, "now": now, "limit": limit}
             return [_run(r) for r in c.execute(_CLAIM, args)]
 
-        claimed = await self._write_job(claim)
-        claimed.sort(key=lambda run: run.created_at)
-        return claimed
+        return await self._write_job(claim)
 
-    async def heartbeat(
-        self, owner: str, leases: Iterable[Lease], lease_seconds: float
+    async def _heartbeat(
+        self, owner: str, leases: list[Lease], lease_seconds: float
     ) -> tuple[list[str], list[str]]:
-        leases = list(leases)
-        if not leases:
-            return [], []
         ids = [lease.run_id for lease in leases]
 
         def beat(c: sqlite3.Connection) -> tuple[list[str], list[str]]:
@@ -356,19 +348,11 @@ class SqliteStore(Store):
 
         return await self._write_job(take)
 
-    async def _commit_progress(
-        self,
-        lease: Lease,
-        records: Sequence[CheckpointRecord],
-        events: Sequence[Event],
-        *,
-        status: str | None = None,
-        current_nodes: list[str] | None = None,
-        outcome: tuple[str, Any, dict[str, Any] | None] | None = None,
-        bulk: bool = False,
-    ) -> None:
+    async def _commit_progress(self, lease: Lease, commit: Commit) -> None:
         """commit_progress on the writer: the fenced UPDATE of the run, then the rows,
         in the writer's transaction (a moved lease rolls back this write alone)."""
+        records, events, status = commit.records, commit.events, commit.status
+        current_nodes, outcome = commit.current_nodes, commit.outcome
         now = time.time()
         sets = ["updated_at = :now"]
         args: dict[str, Any] = {
@@ -413,7 +397,7 @@ class SqliteStore(Store):
             for e in events
         ]
 
-        def commit(c: sqlite3.Connection) -> None:
+        def write(c: sqlite3.Connection) -> None:
             if not c.execute(update, args).rowcount:
                 raise LeaseLost(f"run {lease.run_id!r} is no longer held by {lease.owner!r}")
             if checkpoints:
@@ -423,7 +407,7 @@ class SqliteStore(Store):
             if rows:
                 c.executemany(_INSERT_EVENT, rows)
 
-        await self._write_job(commit)
+        await self._write_job(write)
 
     async def _finish_run(
         self,
