@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
+from ipaddress import ip_address
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from app.engine import ExecutionConfig
+
+#: the embedded quickstart's database: with it, on loopback, auth defaults to disabled
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./flowcore.db"
+
+#: a list setting: a JSON array, or comma-separated (FLOWCORE_EGRESS_ALLOW=10.0.0.0/8,api.internal)
+CommaList = Annotated[list[str], NoDecode]
 
 
 def _default_replica_id() -> str:
@@ -22,7 +29,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FLOWCORE_", extra="ignore")
 
     database_url: str = Field(
-        "sqlite+aiosqlite:///./flowcore.db",
+        DEFAULT_DATABASE_URL,
         description="postgresql+asyncpg://... or sqlite+aiosqlite:///path (the embedded default)",
     )
     redis_url: SecretStr | None = Field(
@@ -103,12 +110,153 @@ class Settings(BaseSettings):
         "`other`; 0: none (`_all`).",
     )
 
+    # who may do what (docs/security.md)
+    auth: Literal["required", "disabled"] | None = Field(
+        None,
+        description="API keys: 'required' (the default), or 'disabled' (every request acts "
+        "as an admin of namespace 'default'). Unset: 'disabled' only for the embedded "
+        "quickstart (the default SQLite file, served on loopback).",
+    )
+    auth_allow_disabled_remote: bool = Field(
+        False,
+        description="Let auth be disabled on a non-loopback address (refused otherwise).",
+    )
+    bootstrap_admin_key: SecretStr | None = Field(
+        None,
+        description="An admin key of namespace 'default' that may manage every namespace's "
+        "keys: how a fresh deployment gets its first key (from a secret). At least 32 "
+        "characters; `flowcore keys generate` prints one.",
+    )
+    bootstrap_admin_key_file: str | None = Field(
+        None,
+        description="A file holding the bootstrap key (a Docker or Kubernetes secret "
+        "mounted as a file), read when FLOWCORE_BOOTSTRAP_ADMIN_KEY is not set.",
+    )
+    auth_cache_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="How long a replica trusts a key it looked up; a revocation reaches "
+        "the other replicas at once through Postgres NOTIFY or Redis, else within this.",
+    )
+    docs_enabled: bool = Field(True, description="Serve /docs, /redoc and /openapi.json.")
+    metrics_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Serve /metrics on this port of its own (no key), for Prometheus inside "
+        "the cluster; the API's /metrics then needs a metrics or admin key.",
+    )
+    cors_origins: CommaList = Field(
+        default_factory=list,
+        description="Origins that browsers may call the API from (CORS), e.g. "
+        "https://ops.example.com; '*' for any.",
+    )
+    egress_allow: CommaList = Field(
+        default_factory=list,
+        description="Hosts and CIDRs that nodes may reach although they are not public "
+        "(private, loopback, link-local): the operator's egress policy.",
+    )
+    egress_deny: CommaList = Field(
+        default_factory=list,
+        description="Hosts and CIDRs that nodes may never reach, public or not; a "
+        "workflow's allow_hosts cannot widen this policy, only narrow it.",
+    )
+    secret_key: SecretStr | None = Field(
+        None,
+        description="Fernet keys that encrypt secrets at rest, comma-separated: the first "
+        "encrypts, every one decrypts (rotation: prepend a new key, then `flowcore secrets "
+        "rotate`). Without it the secrets API answers 503.",
+    )
+    secret_key_file: str | None = Field(
+        None, description="A file holding FLOWCORE_SECRET_KEY (a mounted secret)."
+    )
+    rate_limit_per_second: float = Field(
+        0,
+        ge=0,
+        description="Requests per second one API key may make (token bucket; 0: no limit).",
+    )
+    rate_limit_burst: int = Field(
+        0, ge=0, description="The bucket's size (0: twice the rate, at least 1)."
+    )
+    namespace_rate_limit_per_second: float = Field(
+        0, ge=0, description="Requests per second one namespace may make (0: no limit)."
+    )
+    namespace_max_active_runs: int = Field(
+        0,
+        ge=0,
+        description="Runs one namespace may have queued or running at once; a start past "
+        "it is a 429 (0: no limit).",
+    )
+
     #: execution defaults for every run (FLOWCORE_EXECUTION='{"max_parallel_nodes": 20}')
     execution: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("cors_origins", "egress_allow", "egress_deny", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            text = value.strip()
+            if text.startswith("["):
+                import json
+
+                return json.loads(text)
+            return [item.strip() for item in text.split(",") if item.strip()]
+        return value
+
+    @field_validator("bootstrap_admin_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 32:
+            raise ValueError(
+                "FLOWCORE_BOOTSTRAP_ADMIN_KEY must be at least 32 characters "
+                "(`flowcore keys generate` prints one)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _secrets_from_files(self) -> Settings:
+        """``*_FILE`` settings: a secret mounted as a file (Docker, Kubernetes)."""
+        from pathlib import Path
+
+        if self.bootstrap_admin_key is None and self.bootstrap_admin_key_file:
+            text = Path(self.bootstrap_admin_key_file).read_text(encoding="utf-8").strip()
+            self.bootstrap_admin_key = self._long_enough(SecretStr(text))
+        if self.secret_key is None and self.secret_key_file:
+            text = Path(self.secret_key_file).read_text(encoding="utf-8").strip()
+            self.secret_key = SecretStr(text)
+        return self
+
+    @model_validator(mode="after")
+    def _auth_off_only_on_loopback(self) -> Settings:
+        if not self.auth_required and not self.on_loopback and not self.auth_allow_disabled_remote:
+            raise ValueError(
+                f"FLOWCORE_AUTH=disabled on {self.host}, which is not a loopback address: "
+                "anyone who reaches the port could do anything. Use API keys "
+                "(FLOWCORE_AUTH=required), bind to 127.0.0.1, or set "
+                "FLOWCORE_AUTH_ALLOW_DISABLED_REMOTE=true if a proxy in front authenticates"
+            )
+        return self
 
     @property
     def is_sqlite(self) -> bool:
         return self.database_url.startswith("sqlite")
+
+    @property
+    def on_loopback(self) -> bool:
+        host = self.host.strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def auth_required(self) -> bool:
+        """Whether requests need an API key (see ``auth``)."""
+        if self.auth is not None:
+            return self.auth == "required"
+        return not (self.database_url == DEFAULT_DATABASE_URL and self.on_loopback)
 
     def execution_config(self) -> ExecutionConfig:
         """Service execution defaults; checkpoints are always on in the service."""

@@ -4,20 +4,39 @@ service layer to the routers; nothing is built at import time."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager, suppress
 
+import uvicorn
 from fastapi import FastAPI
+from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import checkpoints, events, health, runs, workflows
+from app.api import audit, checkpoints, events, health, keys, runs, secrets, workflows
+from app.api.auth import Authenticate, announce_auth
 from app.api.deps import Services
 from app.api.errors import document_problems, problem
 from app.api.errors import install as install_errors
 from app.config import Settings
-from app.observability.metrics import HttpMetrics
+from app.observability.metrics import HttpMetrics, metrics_response
 from app.runtime.wiring import build
+
+logger = logging.getLogger("flowcore.api")
+
+#: request headers a browser page may send (CORS), and response headers it may read
+CORS_REQUEST_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"]
+CORS_RESPONSE_HEADERS = [
+    "Location",
+    "Idempotent-Replayed",
+    "Retry-After",
+    "RateLimit",
+    "RateLimit-Policy",
+]
 
 
 class BodyLimit:
@@ -82,6 +101,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             update={"replica_id": f"{settings.replica_id}-{os.getpid()}"}
         )
 
+    announce_auth(settings)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await build(settings)
@@ -92,11 +113,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             runs=runtime.runs,
             streams=runtime.streams,
             health=runtime.health,
+            audit=runtime.audit,
+            keys=runtime.keys,
+            limiter=runtime.limiter,
+            secrets=runtime.secrets,
         )
         await runtime.start()
+        metrics_server = await _serve_metrics(settings)
         try:
             yield
         finally:
+            if metrics_server is not None:
+                await metrics_server.stop()
             await runtime.close()
 
     app = FastAPI(
@@ -104,11 +132,88 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         summary="Durable workflow execution: JSON DAGs, live events, resume from any checkpoint.",
         lifespan=lifespan,
+        docs_url="/docs" if settings.docs_enabled else None,
+        redoc_url="/redoc" if settings.docs_enabled else None,
+        openapi_url="/openapi.json" if settings.docs_enabled else None,
     )
     install_errors(app)
     document_problems(app)
-    for router in (workflows.router, runs.router, events.router, checkpoints.router, health.router):
+    for router in (
+        workflows.router,
+        runs.router,
+        events.router,
+        checkpoints.router,
+        health.router,
+        audit.router,
+        keys.router,
+        secrets.router,
+    ):
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(
+        Authenticate,
+        required=settings.auth_required,
+        docs_open=settings.docs_enabled,
+        cors_origins=settings.cors_origins,
+    )
+    if settings.cors_origins:  # outside authentication: a preflight carries no key
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=CORS_REQUEST_HEADERS,
+            expose_headers=CORS_RESPONSE_HEADERS,
+            max_age=600,
+        )
     app.add_middleware(HttpMetrics)
     return app
+
+
+class _QuietServer(uvicorn.Server):
+    """A second server in the replica's process: the replica's own server handles the
+    signals."""
+
+    @contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+class _MetricsServer:
+    """``/metrics`` on a port of its own, with no key (FLOWCORE_METRICS_PORT): for a
+    Prometheus inside the cluster, while the API's ``/metrics`` needs a key."""
+
+    def __init__(self, server: uvicorn.Server, task: asyncio.Task[None]) -> None:
+        self.server = server
+        self.task = task
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        with suppress(Exception):
+            await self.task
+        await self.server.shutdown()
+
+
+async def _serve_metrics(settings: Settings) -> _MetricsServer | None:
+    if settings.metrics_port is None:
+        return None
+    scrape = Starlette(routes=[Route("/metrics", metrics_response)])
+    config = uvicorn.Config(
+        scrape,
+        host=settings.host,
+        port=settings.metrics_port,
+        lifespan="off",
+        log_level="warning",
+        log_config=None,
+    )
+    server = _QuietServer(config)
+    config.load()
+    server.lifespan = config.lifespan_class(config)
+    try:
+        await server.startup()
+    except SystemExit:  # uvicorn's way to say the port is taken
+        server.started = False
+    if not server.started:  # another worker of this replica serves it
+        logger.info("the metrics port %s is served elsewhere", settings.metrics_port)
+        return None
+    task = asyncio.get_running_loop().create_task(server.main_loop(), name="flowcore-metrics")
+    return _MetricsServer(server, task)

@@ -8,7 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Body, Response
 
 from app.api.body import CheckedRoute
-from app.api.deps import ServicesDep
+from app.api.deps import CallerDep, ServicesDep
 from app.api.errors import problems
 from app.api.params import CheckpointIdPath, RunIdPath
 from app.api.runs import run_out
@@ -34,18 +34,20 @@ def checkpoint_out(found: CheckpointSummary) -> CheckpointOut:
 @router.get(
     "/v1/runs/{run_id}/checkpoints", response_model=list[CheckpointOut], responses=problems(404)
 )
-async def list_checkpoints(run_id: RunIdPath, services: ServicesDep) -> list[CheckpointOut]:
-    return [checkpoint_out(found) for found in await services.runs.checkpoints(run_id)]
+async def list_checkpoints(
+    run_id: RunIdPath, services: ServicesDep, caller: CallerDep
+) -> list[CheckpointOut]:
+    return [checkpoint_out(found) for found in await services.runs.checkpoints(caller, run_id)]
 
 
 @router.get(
     "/v1/checkpoints/{checkpoint_id}", response_model=CheckpointDetail, responses=problems(404)
 )
 async def get_checkpoint(
-    checkpoint_id: CheckpointIdPath, services: ServicesDep
+    checkpoint_id: CheckpointIdPath, services: ServicesDep, caller: CallerDep
 ) -> CheckpointDetail:
     """A checkpoint, with the run's full state at that point."""
-    found, state = await services.runs.checkpoint(checkpoint_id)
+    found, state = await services.runs.checkpoint(caller, checkpoint_id)
     return CheckpointDetail(**checkpoint_out(found).model_dump(), state=state)
 
 
@@ -58,6 +60,7 @@ async def get_checkpoint(
 async def resume(
     checkpoint_id: CheckpointIdPath,
     services: ServicesDep,
+    caller: CallerDep,
     response: Response,
     body: Annotated[ResumeIn | None, Body()] = None,
 ) -> RunOut:
@@ -66,7 +69,7 @@ async def resume(
     and variables. Nodes the checkpoint holds as finished never run again."""
     body = body or ResumeIn()
     run = await services.runs.resume(
-        checkpoint_id, fork=body.fork, input=body.input, vars=body.vars
+        caller, checkpoint_id, fork=body.fork, input=body.input, vars=body.vars
     )
     if body.fork:
         response.headers["Location"] = f"/v1/runs/{quote(run.id, safe='')}"

@@ -17,18 +17,23 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 
 from app.api.body import BodyProblem
+from app.api.ratelimit import RateLimitExceeded
 from app.engine import (
     CheckpointNotFoundError,
     FlowcoreError,
     InputValidationError,
     WorkflowValidationError,
 )
+from app.runtime.access import Forbidden, Unauthenticated
 from app.runtime.errors import (
     IdempotencyConflict,
     InvalidCursor,
     InvalidRunConfig,
     InvalidTransition,
+    InvalidValue,
     NotFound,
+    SecretsUnavailable,
+    TooManyRuns,
 )
 
 logger = logging.getLogger("flowcore.api")
@@ -76,12 +81,17 @@ class Problem(BaseModel):
 
 _DESCRIPTIONS = {
     400: "Bad request: a malformed cursor, Last-Event-ID or body",
+    401: "No API key, or one that is malformed, unknown, expired or revoked",
+    403: "The key's role does not allow this",
     404: "Not found",
     405: "Method not allowed (the `Allow` header lists the methods)",
     409: "Conflict: an idempotency key reused, or the run is in another state",
     413: "The body exceeds FLOWCORE_MAX_BODY_BYTES",
     422: "A field, parameter or value was refused (each named in `errors`)",
+    429: "Too many requests: a rate limit of the key or its namespace, or the namespace's "
+    "limit of active runs (`Retry-After` says when to try again)",
     500: "A bug (logged); never for bad input",
+    503: "Secrets are not configured on this service (FLOWCORE_SECRET_KEY)",
 }
 
 
@@ -109,6 +119,32 @@ def problem(
         body["instance"] = instance
     body.update(extra)
     return JSONResponse(body, status_code=status, media_type=PROBLEM, headers=headers)
+
+
+def unauthenticated(instance: str | None) -> JSONResponse:
+    """A 401: the same for every reason, so a caller learns nothing of other keys."""
+    return problem(
+        401,
+        "unauthenticated",
+        "Unauthenticated",
+        "this needs a valid API key: Authorization: Bearer fc_live_...",
+        instance,
+        headers={"WWW-Authenticate": 'Bearer realm="flowcore"'},
+    )
+
+
+def rate_limited(exc: RateLimitExceeded, instance: str | None) -> JSONResponse:
+    """A 429 over a rate limit (``api/ratelimit.py``), with ``Retry-After`` and the
+    ``RateLimit`` headers; also for a middleware, which runs outside the handlers."""
+    return problem(
+        429,
+        "rate-limited",
+        "Too many requests",
+        exc.detail,
+        instance,
+        headers=exc.headers,
+        **{"violated-policies": [exc.policy]},
+    )
 
 
 def install(app: FastAPI) -> None:
@@ -176,9 +212,49 @@ def install(app: FastAPI) -> None:
             errors=[issue.to_dict() for issue in exc.issues],
         )
 
+    @app.exception_handler(Unauthenticated)
+    async def _unauthenticated(request: Request, exc: Unauthenticated) -> JSONResponse:
+        return unauthenticated(request.url.path)
+
+    @app.exception_handler(Forbidden)
+    async def _forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return problem(403, "forbidden", "Forbidden", str(exc), request.url.path)
+
+    @app.exception_handler(TooManyRuns)
+    async def _too_many_runs(request: Request, exc: TooManyRuns) -> JSONResponse:
+        return problem(
+            429,
+            "too-many-runs",
+            "Too many runs",
+            str(exc),
+            request.url.path,
+            headers={"Retry-After": "1"},
+        )
+
+    @app.exception_handler(RateLimitExceeded)
+    async def _rate_limited(request: Request, exc: RateLimitExceeded) -> JSONResponse:
+        return rate_limited(exc, request.url.path)
+
+    @app.exception_handler(InvalidValue)
+    async def _bad_value(request: Request, exc: InvalidValue) -> JSONResponse:
+        return problem(
+            422,
+            "invalid-request",
+            "Invalid request",
+            f"{exc.field}: {exc}",
+            request.url.path,
+            errors=[{"field": exc.field, "message": str(exc)}],
+        )
+
     @app.exception_handler(NotFound)
     async def _not_found(request: Request, exc: NotFound) -> JSONResponse:
         return problem(404, "not-found", "Not found", str(exc), request.url.path)
+
+    @app.exception_handler(SecretsUnavailable)
+    async def _no_secrets(request: Request, exc: SecretsUnavailable) -> JSONResponse:
+        return problem(
+            503, "secrets-unavailable", "Secrets unavailable", str(exc), request.url.path
+        )
 
     @app.exception_handler(InvalidCursor)
     async def _cursor(request: Request, exc: InvalidCursor) -> JSONResponse:

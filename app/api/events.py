@@ -15,7 +15,7 @@ from pydantic import WithJsonSchema
 from starlette.responses import StreamingResponse
 
 from app.api.body import CheckedRoute
-from app.api.deps import ServicesDep
+from app.api.deps import CallerDep, ServicesDep
 from app.api.errors import ApiError, problems
 from app.api.params import MAX_INT, SEQUENCE_PATTERN, EventCursor, RunIdPath, Sequence
 from app.api.schemas import EventOut, EventPage
@@ -83,6 +83,7 @@ async def events(
     run_id: RunIdPath,
     request: Request,
     services: ServicesDep,
+    caller: CallerDep,
     accept: Annotated[str | None, Header()] = None,
     last_event_id: Annotated[
         str | None,
@@ -112,7 +113,7 @@ async def events(
         accept is not None and "application/json" in accept and ("text/event-stream" not in accept)
     )
     if wants_json:
-        page = await services.runs.events(run_id, start, limit)
+        page = await services.runs.events(caller, run_id, start, limit)
         return EventPage(
             items=[
                 EventOut(
@@ -127,9 +128,9 @@ async def events(
             ],
             next_cursor=page.next_cursor,
         )
-    await services.runs.get(run_id)  # 404 before the stream opens
+    frames = await services.streams.open(caller, run_id, start, SSE, request.is_disconnected)
     return StreamingResponse(
-        services.streams.stream(run_id, start, SSE, request.is_disconnected),
+        frames,
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

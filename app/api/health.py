@@ -5,10 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from starlette.responses import JSONResponse
 
-from app.api.deps import ServicesDep
+from app.api.deps import CallerDep, ServicesDep
 from app.api.errors import problems
 from app.api.schemas import Health
 from app.observability.metrics import metrics_response
+from app.runtime.access import Role
 
 router = APIRouter(tags=["health"], responses=problems(500))
 
@@ -34,6 +35,8 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus exposition"}},
 )
-async def metrics(request: Request) -> Response:
-    """Prometheus metrics (flowcore_*), for every worker of this replica."""
+async def metrics(request: Request, caller: CallerDep) -> Response:
+    """Prometheus metrics (flowcore_*), for every worker of this replica: for a
+    ``metrics`` or ``admin`` key (or without one on FLOWCORE_METRICS_PORT)."""
+    caller.need(Role.METRICS)
     return metrics_response(request)

@@ -8,7 +8,7 @@ from urllib.parse import quote
 from fastapi import APIRouter, Query, Response
 
 from app.api.body import CheckedRoute
-from app.api.deps import ServicesDep
+from app.api.deps import CallerDep, ServicesDep
 from app.api.errors import problems
 from app.api.params import (
     IdempotencyKey,
@@ -78,6 +78,7 @@ def run_out(run: RunRecord) -> RunOut:
 async def start_run(
     body: RunCreate,
     services: ServicesDep,
+    caller: CallerDep,
     response: Response,
     idempotency_key: IdempotencyKey = None,
     wait: WaitSeconds = None,
@@ -85,6 +86,7 @@ async def start_run(
     """Queue a run of a workflow version. The same ``Idempotency-Key`` with the same body
     returns the same run; with a different body it is a 409."""
     started = await services.runs.start(
+        caller,
         body.workflow_id,
         body.version,
         body.input,
@@ -103,6 +105,7 @@ async def start_run(
 @router.get("", response_model=RunPage, responses=problems(400))
 async def list_runs(
     services: ServicesDep,
+    caller: CallerDep,
     workflow_id: WorkflowIdQuery = None,
     status: Annotated[str | None, Query(pattern="^(" + "|".join(STATUSES) + ")$")] = None,
     cursor: RunCursor = None,
@@ -110,24 +113,24 @@ async def list_runs(
 ) -> RunPage:
     """Runs, newest first, filtered by workflow and status."""
     page = await services.runs.listing(
-        workflow_id=workflow_id, status=status, cursor=cursor, limit=limit
+        caller, workflow_id=workflow_id, status=status, cursor=cursor, limit=limit
     )
     return RunPage(items=[run_out(r) for r in page.items], next_cursor=page.next_cursor)
 
 
 @router.get("/{run_id}", response_model=RunOut, responses=problems(404))
-async def get_run(run_id: RunIdPath, services: ServicesDep) -> RunOut:
-    return run_out(await services.runs.get(run_id))
+async def get_run(run_id: RunIdPath, services: ServicesDep, caller: CallerDep) -> RunOut:
+    return run_out(await services.runs.get(caller, run_id))
 
 
 @router.post(
     "/{run_id}/cancel", status_code=202, response_model=RunOut, responses=problems(404, 409)
 )
-async def cancel_run(run_id: RunIdPath, services: ServicesDep) -> RunOut:
+async def cancel_run(run_id: RunIdPath, services: ServicesDep, caller: CallerDep) -> RunOut:
     """Cancel: a run no replica holds (queued, parked, stopped at a breakpoint) at
     once; a running one's nodes are cancelled by its replica and its state
     checkpointed."""
-    return run_out(await services.runs.cancel(run_id))
+    return run_out(await services.runs.cancel(caller, run_id))
 
 
 @router.post(
@@ -136,15 +139,17 @@ async def cancel_run(run_id: RunIdPath, services: ServicesDep) -> RunOut:
     response_model=RunOut,
     responses=problems(400, 404, 409, 413),
 )
-async def signal_run(run_id: RunIdPath, body: SignalIn, services: ServicesDep) -> RunOut:
+async def signal_run(
+    run_id: RunIdPath, body: SignalIn, services: ServicesDep, caller: CallerDep
+) -> RunOut:
     """Deliver a signal to the run's ``wait`` node (kept until that node waits for it)."""
-    return run_out(await services.runs.signal(run_id, body.name, body.payload))
+    return run_out(await services.runs.signal(caller, run_id, body.name, body.payload))
 
 
 @router.get("/{run_id}/trace", response_model=TraceOut, responses=problems(404))
-async def trace(run_id: RunIdPath, services: ServicesDep) -> TraceOut:
+async def trace(run_id: RunIdPath, services: ServicesDep, caller: CallerDep) -> TraceOut:
     """Duration and per-node timings, attempts and errors, from the node ledger."""
-    found = await services.runs.trace(run_id)
+    found = await services.runs.trace(caller, run_id)
     return TraceOut(
         run_id=found.run_id,
         status=found.status,
@@ -163,9 +168,9 @@ async def trace(run_id: RunIdPath, services: ServicesDep) -> TraceOut:
 
 
 @router.get("/{run_id}/state", response_model=StateOut, responses=problems(404))
-async def state(run_id: RunIdPath, services: ServicesDep) -> StateOut:
+async def state(run_id: RunIdPath, services: ServicesDep, caller: CallerDep) -> StateOut:
     """The run's state at its latest checkpoint: variables, outputs, pending waits."""
-    found = await services.runs.state(run_id)
+    found = await services.runs.state(caller, run_id)
     return StateOut(
         run_id=found.run_id,
         status=found.status,

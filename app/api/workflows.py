@@ -10,7 +10,7 @@ from pydantic import WithJsonSchema
 from starlette.convertors import Convertor, register_url_convertor
 
 from app.api.body import CheckedRoute
-from app.api.deps import ServicesDep
+from app.api.deps import CallerDep, ServicesDep
 from app.api.errors import problems
 from app.api.params import Limit, VersionPath, WorkflowCursor, WorkflowIdPath
 from app.api.schemas import (
@@ -80,9 +80,11 @@ def workflow_out(record: WorkflowRecord) -> WorkflowOut:
 
 
 @router.post("", status_code=201, response_model=WorkflowOut, responses=problems(400, 413))
-async def create(body: DefinitionBody, services: ServicesDep, response: Response) -> WorkflowOut:
+async def create(
+    body: DefinitionBody, services: ServicesDep, caller: CallerDep, response: Response
+) -> WorkflowOut:
     """Store a definition as a new version (re-posting an id makes version n+1)."""
-    record = await services.workflows.create(body)  # 422 lists every problem
+    record = await services.workflows.create(caller, body)  # 422 lists every problem
     response.headers["Location"] = (
         f"/v1/workflows/{quote(record.workflow_id, safe='')}/versions/{record.version}"
     )
@@ -90,9 +92,11 @@ async def create(body: DefinitionBody, services: ServicesDep, response: Response
 
 
 @router.post("/validate", response_model=ValidationResult, responses=problems(400, 413))
-async def validate(body: DefinitionBody, services: ServicesDep) -> ValidationResult:
+async def validate(
+    body: DefinitionBody, services: ServicesDep, caller: CallerDep
+) -> ValidationResult:
     """Validate a definition without storing it."""
-    issues = services.workflows.issues(body)
+    issues = services.workflows.issues(caller, body)
     return ValidationResult(
         valid=not issues, errors=[Issue.model_validate(i.to_dict()) for i in issues]
     )
@@ -101,11 +105,12 @@ async def validate(body: DefinitionBody, services: ServicesDep) -> ValidationRes
 @router.get("", response_model=WorkflowPage, responses=problems(400))
 async def list_workflows(
     services: ServicesDep,
+    caller: CallerDep,
     cursor: WorkflowCursor = None,
     limit: Limit = 50,
 ) -> WorkflowPage:
     """The latest version of every workflow that is not archived, by id."""
-    page = await services.workflows.listing(cursor, limit)
+    page = await services.workflows.listing(caller, cursor, limit)
     return WorkflowPage(
         items=[
             WorkflowSummary(
@@ -118,9 +123,11 @@ async def list_workflows(
 
 
 @router.get("/{workflow_id:workflow_id}", response_model=WorkflowOut, responses=problems(404))
-async def get_latest(workflow_id: WorkflowIdPath, services: ServicesDep) -> WorkflowOut:
+async def get_latest(
+    workflow_id: WorkflowIdPath, services: ServicesDep, caller: CallerDep
+) -> WorkflowOut:
     """The latest version (404 once the workflow is archived)."""
-    return workflow_out(await services.workflows.latest(workflow_id))
+    return workflow_out(await services.workflows.latest(caller, workflow_id))
 
 
 @router.get(
@@ -129,15 +136,17 @@ async def get_latest(workflow_id: WorkflowIdPath, services: ServicesDep) -> Work
     responses=problems(404),
 )
 async def get_version(
-    workflow_id: WorkflowIdPath, version: VersionPath, services: ServicesDep
+    workflow_id: WorkflowIdPath, version: VersionPath, services: ServicesDep, caller: CallerDep
 ) -> WorkflowOut:
     """One version. An archived workflow's versions are gone from the API, like the
     workflow (its runs keep theirs: they finish, and can be resumed and forked)."""
-    return workflow_out(await services.workflows.version(workflow_id, version))
+    return workflow_out(await services.workflows.version(caller, workflow_id, version))
 
 
 @router.delete("/{workflow_id:workflow_id}", status_code=204, responses=problems(404))
-async def archive(workflow_id: WorkflowIdPath, services: ServicesDep) -> Response:
+async def archive(
+    workflow_id: WorkflowIdPath, services: ServicesDep, caller: CallerDep
+) -> Response:
     """Archive a workflow: it no longer starts runs; runs already started finish."""
-    await services.workflows.archive(workflow_id)
+    await services.workflows.archive(caller, workflow_id)
     return Response(status_code=204)

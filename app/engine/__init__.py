@@ -53,6 +53,7 @@ from app.engine.errors import (
     NodeTimeoutError,
     PluginLoadError,
     RunNotFoundError,
+    SecretUnavailableError,
     UnknownNodeTypeError,
     ValidationIssue,
     WorkflowNotFoundError,
@@ -68,6 +69,7 @@ from app.engine.executor import (
     Strategy,
     WorkflowExecutor,
 )
+from app.engine.expressions import SECRET_NAME_PATTERN, SecretTemplate
 from app.engine.memory import ConversationMemory, EntityMemory, InMemoryMemoryStore, MemoryStore
 from app.engine.metrics import MetricsCollector
 from app.engine.node import BaseNode, NodeContext, NodeResult, WorkflowContext
@@ -82,6 +84,7 @@ from app.engine.registry import NodeRegistry
 from app.engine.result import NodeRun, NodeStatus, RunError, RunResult, RunStatus
 from app.engine.runtime import NodeRuntime
 from app.engine.schema import check_input
+from app.engine.secrets import MASK, InMemorySecrets, SecretMask, SecretResolver
 from app.engine.trace import ExecutionTrace, NodeTiming
 from app.engine.validation import create_workflow, validate_workflow
 from app.engine.values import UnstorableValueError, ValueProblem, clean_text, inspect_value
@@ -124,10 +127,12 @@ __all__ = [  # noqa: RUF022 - plainly sorted, the order tests/engine/test_public
     "InMemoryCheckpointStore",
     "InMemoryCircuitBreakers",
     "InMemoryMemoryStore",
+    "InMemorySecrets",
     "InMemoryWorkflowRepository",
     "InputValidationError",
     "LIMIT_FIELDS",
     "ListEventSink",
+    "MASK",
     "MemoryStore",
     "MetricsCollector",
     "NodeCheckpoint",
@@ -151,6 +156,11 @@ __all__ = [  # noqa: RUF022 - plainly sorted, the order tests/engine/test_public
     "RunNotFoundError",
     "RunResult",
     "RunStatus",
+    "SECRET_NAME_PATTERN",
+    "SecretMask",
+    "SecretResolver",
+    "SecretTemplate",
+    "SecretUnavailableError",
     "SequentialExecutor",
     "Strategy",
     "SystemClock",

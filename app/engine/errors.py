@@ -7,6 +7,7 @@ FlowcoreError
 │   └── ExpressionEvaluationError
 ├── NodeError                    raised by or for one node
 │   ├── NodeConfigError          a resolved config failed its model at run time
+│   │   └── SecretUnavailableError   a secret a node references is not set (or unreadable)
 │   ├── NodeExecutionError       a node reported or raised a failure
 │   ├── NodeTimeoutError         a node ran past its timeout
 │   └── DeliberateFailure        the `fail` node
@@ -116,6 +117,11 @@ class NodeError(FlowcoreError):
 
 class NodeConfigError(NodeError):
     kind = "config"
+
+
+class SecretUnavailableError(NodeConfigError):
+    """A secret a node references (``{{ secrets.NAME }}``) is not set, or cannot be read;
+    the message names the secret, never a value."""
 
 
 class NodeExecutionError(NodeError):

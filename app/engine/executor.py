@@ -46,6 +46,7 @@ from app.engine.ports import Clock, SystemClock, WorkflowResolver
 from app.engine.result import RunError, RunResult, RunStatus
 from app.engine.scheduler import RunHandle
 from app.engine.schema import check_input
+from app.engine.secrets import SecretResolver
 from app.engine.shared import RunShared, Strategy
 from app.engine.sinks import LogSink, QueueSink, TraceSink
 from app.engine.trace import build_trace
@@ -92,6 +93,7 @@ class WorkflowExecutor:
         callbacks: list[Any] | None = None,
         memory_store: MemoryStore | None = None,
         park_after: float | None = None,
+        secrets: SecretResolver | None = None,
     ) -> None:
         self.config = config if config is not None else ExecutionConfig()
         self.metrics_collector = metrics_collector
@@ -103,6 +105,8 @@ class WorkflowExecutor:
         self.circuit_breakers = circuit_breakers
         self.callbacks = list(callbacks or [])
         self.memory_store: MemoryStore = memory_store or InMemoryMemoryStore()
+        #: what ``{{ secrets.NAME }}`` references resolve to (None: no secrets)
+        self.secrets = secrets
         #: park runs that wait this long on nothing but top-level delays and waits
         #: (needs checkpoints): see ``execute``
         self.park_after = park_after
@@ -251,10 +255,10 @@ class WorkflowExecutor:
             raise ValueError(f"run {run_id!r} is already active in this executor")
         sinks = [*self.event_sinks, *(event_sinks or [])]
         if effective.verbose_logging:
-            sinks.append(LogSink())
+            sinks.append(LogSink(self.secrets))
         trace_sink: TraceSink | None = None
         if effective.trace_execution and effective.trace_level == "DEBUG":
-            trace_sink = TraceSink()
+            trace_sink = TraceSink(self.secrets)
             sinks.append(trace_sink)
         hooks = self._hooks()
         shared = RunShared(
@@ -273,6 +277,7 @@ class WorkflowExecutor:
             shared.cache = self.cache
         shared.breakers = self.circuit_breakers or process_breakers()
         shared.memory_store = self.memory_store
+        shared.secrets = self.secrets
         if effective.enable_checkpoints:
             shared.park_after = self.park_after
         wctx = context or WorkflowContext(definition.id)

@@ -33,6 +33,14 @@ _NODES_WORD = re.compile(r"\bnodes\b")
 
 SCOPE_NAMES = frozenset({"input", "vars", "nodes", "run", "item", "index", "iteration", "last"})
 
+#: a secret's name, as ``{{ secrets.NAME }}`` references it (``app.engine.secrets``)
+SECRET_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"
+_SECRET_REFERENCE = re.compile(r"secrets\.([A-Za-z_][A-Za-z0-9_]{0,127})")
+SECRETS_HINT = (
+    "secrets are not values expressions can read: reference one as the template "
+    "{{ secrets.NAME }} in a config field that takes secrets (an http node's headers)"
+)
+
 # One environment for every expression: the scope names are declared (as dynamic values),
 # so a reference to anything else is a compile error, not a runtime surprise. Made with
 # the first expression compiled (see ``_environment``), and the runtime's error type with it.
@@ -105,7 +113,9 @@ def compile_expression(source: str) -> Expression:
         match = _POSITION.search(text)
         if match:
             reason = match.group(3).splitlines()[0].strip()
-            if "undeclared reference" in reason:
+            if "undeclared reference to 'secrets" in reason:
+                reason += f"; {SECRETS_HINT}"
+            elif "undeclared reference" in reason:
                 reason += f"; expressions can use {', '.join(sorted(SCOPE_NAMES))}"
             raise ExpressionCompileError(
                 source, reason, int(match.group(1)), int(match.group(2))
@@ -247,23 +257,74 @@ def template_expressions(text: str) -> list[str]:
     return [source for _, _, source in _template_spans(text)]
 
 
+def secret_reference(source: str) -> str | None:
+    """The name of the secret a template's expression references, when the expression
+    is exactly ``secrets.NAME``."""
+    match = _SECRET_REFERENCE.fullmatch(source)
+    return match.group(1) if match else None
+
+
 def compile_template(text: str) -> Template | str:
-    """Compile ``text``; a string with no ``{{ }}`` is returned unchanged."""
+    """Compile ``text``; a string with no ``{{ }}`` is returned unchanged.
+
+    A ``{{ secrets.NAME }}`` reference is not an expression: it stays in the text as
+    written, for the node to fill in (validation allows it only where a node does)."""
     if "{{" not in text:
         return text
     spans = _template_spans(text)
-    if not spans:
-        return text
     parts: list[str | Expression] = []
     pos = 0
     for start, end, source in spans:
+        if secret_reference(source) is not None:
+            continue
         if start > pos:
             parts.append(text[pos:start])
         parts.append(compile_expression(source))
         pos = end
+    if not parts:
+        return text
     if pos < len(text):
         parts.append(text[pos:])
     return Template(tuple(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class SecretTemplate:
+    """A string of a field that takes secrets, as the definition wrote it: literal
+    text around ``{{ secrets.NAME }}`` references, and nothing else (validation refuses
+    other templates beside a reference, so no run data can move or forge one).
+    ``texts`` has one item more than ``names``: text, name, text, ..., text."""
+
+    texts: tuple[str, ...]
+    names: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> SecretTemplate | None:
+        """``text``'s references, or None when it references no secret."""
+        if "{{" not in text:
+            return None
+        texts: list[str] = []
+        names: list[str] = []
+        pos = 0
+        for start, end, source in _template_spans(text):
+            name = secret_reference(source)
+            if name is None:
+                continue
+            texts.append(text[pos:start])
+            names.append(name)
+            pos = end
+        if not names:
+            return None
+        texts.append(text[pos:])
+        return cls(tuple(texts), tuple(names))
+
+    def fill(self, values: Mapping[str, str]) -> str:
+        """The text with each reference replaced by ``values[name]``."""
+        out = [self.texts[0]]
+        for name, text in zip(self.names, self.texts[1:], strict=True):
+            out.append(values[name])
+            out.append(text)
+        return "".join(out)
 
 
 class ValueTemplate:

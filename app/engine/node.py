@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from app.engine.budget import BudgetExceededError
 from app.engine.dsl import CircuitBreakerPolicy
+from app.engine.errors import SecretUnavailableError
 from app.engine.events import EventType
 from app.engine.expressions import Scope, ValueTemplate, compile_expression
 from app.engine.values import UnstorableValueError, ValueProblem, inspect_value
@@ -161,6 +162,21 @@ class NodeContext:
         """Resolve ``{{ expr }}`` templates inside any JSON-like value."""
         return ValueTemplate(value).render(self.scope)
 
+    async def resolve_secrets(self, names: Collection[str]) -> Mapping[str, str]:
+        """The values of the secrets ``names``, which this node's ``secret_fields``
+        reference as ``{{ secrets.NAME }}`` (``app.nodes.secrets`` fills them in), from
+        the run's ``SecretResolver``; :class:`SecretUnavailableError` naming a secret
+        that is not set. Put a value where it is needed and nowhere else: whatever the
+        run writes out is masked, but a value kept on ``self`` outlives the run."""
+        resolver = self._runtime.secrets
+        if resolver is None:
+            first = sorted(names)[0] if names else "?"
+            raise SecretUnavailableError(
+                f"secret {first!r} is not set: this executor has no secrets "
+                "(WorkflowExecutor(secrets=...))"
+            )
+        return await resolver.resolve(names)
+
     @property
     def execution_config(self) -> ExecutionConfig:
         """The run's effective ExecutionConfig (read it; do not change it)."""
@@ -219,7 +235,8 @@ class BaseNode:
 
     A subclass implements ``execute`` and may declare ``config_model`` (a pydantic
     model its ``config`` must satisfy when a definition is validated) and
-    ``expression_fields`` (config keys holding raw CEL rather than templates).
+    ``expression_fields`` (config keys holding raw CEL rather than templates) and
+    ``secret_fields`` (config keys that may reference secrets).
     One instance serves every run of a compiled workflow: keep per-run state in the
     contexts, not on ``self``.
     """
@@ -227,6 +244,10 @@ class BaseNode:
     type_name: ClassVar[str] = ""
     config_model: ClassVar[type[BaseModel] | None] = None
     expression_fields: ClassVar[frozenset[str]] = frozenset()
+    #: config keys whose strings may reference ``{{ secrets.NAME }}`` (anywhere else a
+    #: reference is refused); the engine leaves those references to the node, which
+    #: resolves them itself (``NodeContext.resolve_secrets``)
+    secret_fields: ClassVar[frozenset[str]] = frozenset()
     #: whether results may be served from the cache (False for time or signal nodes)
     cacheable: ClassVar[bool] = True
     #: a breaker every node of this type gets unless its spec sets ``circuit_breaker``

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from app.engine.events import EventType
     from app.engine.expressions import Scope
     from app.engine.memory import MemoryStore
+    from app.engine.secrets import SecretResolver
 
 __all__ = ["NodeRuntime"]
 
@@ -42,6 +43,11 @@ class NodeRuntime(Protocol):
 
     @property
     def memory_store(self) -> MemoryStore | None: ...
+
+    @property
+    def secrets(self) -> SecretResolver | None:
+        """The run's secrets (None: the executor has none)."""
+        ...
 
     def emit(self, type: EventType, node_id: str, data: dict[str, Any]) -> None:
         """Publish an event of this node (``node.custom``, ``node.token``)."""

@@ -35,6 +35,7 @@ from app.engine.memory import MemoryStore
 from app.engine.node import WorkflowContext
 from app.engine.result import NodeStatus, RunStatus
 from app.engine.runtime import NodeRuntime
+from app.engine.secrets import SecretResolver
 
 __all__ = ["RunHandle"]
 
@@ -54,6 +55,10 @@ class RunHandle(Completion):
     @property
     def memory_store(self) -> MemoryStore | None:
         return self.shared.memory_store
+
+    @property
+    def secrets(self) -> SecretResolver | None:
+        return self.shared.secrets
 
     def emit(self, type: EventType, node_id: str, data: dict[str, Any]) -> None:
         self.shared.emit(type, self.path + node_id, data)

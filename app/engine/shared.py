@@ -24,6 +24,7 @@ from app.engine.hooks import RunHooks
 from app.engine.memory import MemoryStore
 from app.engine.ports import Clock, WorkflowResolver
 from app.engine.result import RunError, RunStatus
+from app.engine.secrets import SecretResolver
 
 __all__ = ["Branching", "RootGraph", "RunShared", "Strategy"]
 
@@ -86,6 +87,7 @@ class RunShared:
         self.cache: Cache | None = None
         self.breakers: CircuitBreakerStore | None = None
         self.memory_store: MemoryStore | None = None
+        self.secrets: SecretResolver | None = None
         #: the root graph's checkpoint writer (None: checkpoints are off)
         self.checkpoints: CheckpointWriter | None = None
         #: node id -> pending delay/wait (what a checkpoint keeps to resume them)

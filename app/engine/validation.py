@@ -19,7 +19,7 @@ from app.engine.errors import (
     ValidationIssue,
     WorkflowValidationError,
 )
-from app.engine.expressions import compile_expression, template_expressions
+from app.engine.expressions import compile_expression, secret_reference, template_expressions
 from app.engine.graph import compile_workflow, instantiate
 from app.engine.node import BaseNode
 from app.engine.registry import NodeRegistry
@@ -296,17 +296,46 @@ class _Checker:
         except ExpressionCompileError as exc:
             self.add(str(exc), "expression", **where)
 
-    def _templates(self, value: Any, node: str, field: str) -> None:
+    def _templates(
+        self,
+        value: Any,
+        node: str,
+        field: str,
+        takes_secrets: bool = False,
+        secret_fields: frozenset[str] = frozenset(),
+    ) -> None:
+        """Compile the templates in ``value``, which may reference secrets if it is in
+        one of ``secret_fields`` (the node type's: ``takes_secrets``)."""
         if isinstance(value, str):
             if "{{" in value:
-                for source in template_expressions(value):
-                    self._expression(source, node=node, field=field)
+                sources = template_expressions(value)
+                secrets = [s for s in sources if secret_reference(s) is not None]
+                if secrets and not takes_secrets:
+                    where = ", ".join(sorted(secret_fields)) or "none"
+                    self.add(
+                        f"{{{{ {secrets[0]} }}}}: secrets may be referenced only in the "
+                        f"config fields that take them (this node type's: {where})",
+                        "secret",
+                        node=node,
+                        field=field,
+                    )
+                elif secrets and len(secrets) < len(sources):
+                    self.add(
+                        "a value that references a secret holds only text and "
+                        "{{ secrets.NAME }} references, no other template",
+                        "secret",
+                        node=node,
+                        field=field,
+                    )
+                for source in sources:
+                    if secret_reference(source) is None:
+                        self._expression(source, node=node, field=field)
         elif isinstance(value, dict):
             for key, item in value.items():
-                self._templates(item, node, f"{field}.{key}")
+                self._templates(item, node, f"{field}.{key}", takes_secrets, secret_fields)
         elif isinstance(value, list):
             for index, item in enumerate(value):
-                self._templates(item, node, f"{field}[{index}]")
+                self._templates(item, node, f"{field}[{index}]", takes_secrets, secret_fields)
 
     # -- graph structure
 
@@ -401,7 +430,8 @@ class _Checker:
             skip = node_cls.expression_fields
             for key, value in spec.config.items():
                 if key not in skip:
-                    self._templates(value, node, f"config.{key}")
+                    takes = key in node_cls.secret_fields
+                    self._templates(value, node, f"config.{key}", takes, node_cls.secret_fields)
             for field, source in instance.expressions():
                 self._expression(source, node=node, field=f"config.{field}")
             for field, body in instance.bodies():

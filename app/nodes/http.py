@@ -18,12 +18,15 @@ Errors (error kind in brackets)::
         ├── HttpStatusError [execution]   the status is not the expected one
         └── ForbiddenTargetError [forbidden_target]   the SSRF guard refused the target
 
-The SSRF guard: only ``http``/``https`` URLs; before the request and before every
-redirect hop (redirects are followed here, never by httpx) the host is resolved and the
-target is refused if *any* of its addresses is not public (see ``forbidden_reason``).
-``allow_hosts`` admits a target whose host name is listed exactly, or each of whose
-non-public addresses lies in a listed network. ``allow_hosts`` takes no templates, so
-run input can never widen it.
+The SSRF guard is the egress policy of ``app.nodes.egress``, checked before the request
+and before every redirect hop (redirects are followed here, never by httpx): only
+``http``/``https`` URLs; the operator's deny list refuses, whatever else admits; a
+target is refused if *any* of its addresses is not public (see ``forbidden_reason``)
+unless the operator's allow list admits it. ``allow_hosts`` only narrows that policy:
+when given, the host must be listed exactly, or each of its addresses must lie in a
+listed network. Only when no operator policy is installed (the engine used as a library)
+does ``allow_hosts`` also admit the non-public targets it lists. ``allow_hosts`` takes no
+templates, so run input can never widen or change it.
 
 DNS rebinding (a name that resolves to a public address when checked and to a private
 one when connected): a plain-``http`` request is sent to the very address that was
@@ -40,6 +43,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
@@ -67,13 +71,16 @@ from app.nodes.egress import (
     normalize_host,
     redact_url,
     resolve_host,
+    vet_request,
     vet_target,
+    vetted_extensions,
 )
 from app.nodes.http_config import (
     DEFAULT_TIMEOUT,
     MAX_REDIRECTS,
     HttpConfig,
 )
+from app.nodes.secrets import SecretStrings
 
 __all__ = [
     "ForbiddenTargetError",
@@ -113,7 +120,10 @@ _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
 
 def shared_http_client(pool_size: int) -> httpx.AsyncClient:
     """The running loop's pooled client, created on first use with ``pool_size``
-    connections (later sizes are ignored: the pool is process-wide, like the knob)."""
+    connections (later sizes are ignored: the pool is process-wide, like the knob).
+
+    Every request it sends is vetted by the installed egress policy (``vet_request``),
+    so a plugin that calls it gets the operator's policy without asking for it."""
     loop = asyncio.get_running_loop()
     client = _clients.get(loop)
     if client is None or client.is_closed:
@@ -133,6 +143,7 @@ def shared_http_client(pool_size: int) -> httpx.AsyncClient:
             # response must never be sent with another run's request
             cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
             headers={"User-Agent": USER_AGENT},
+            event_hooks={"request": [vet_request]},
         )
         _clients[loop] = client
     return client
@@ -158,6 +169,8 @@ class _Request:
     url: httpx.URL
     headers: httpx.Headers
     content: bytes | None
+    #: the headers that carry a secret (lower-cased): never sent to another origin
+    secret_headers: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +191,10 @@ def _header_text(value: str | int | float | bool) -> str:
     return str(value)
 
 
-def _plan(raw: Any, idempotency_key: str) -> _Plan:
+def _plan(raw: Any, idempotency_key: str, secret_headers: Mapping[str, str] | None = None) -> _Plan:
+    """The request ``raw`` (the resolved config) describes; ``secret_headers``: the
+    headers that reference secrets, filled in (their resolved value is still the
+    reference as written)."""
     try:
         cfg = HttpConfig.model_validate(raw, context=_RESOLVED)
     except ValidationError as exc:
@@ -194,6 +210,8 @@ def _plan(raw: Any, idempotency_key: str) -> _Plan:
     if cfg.query:
         url = url.copy_merge_params(cfg.query)
     headers = httpx.Headers({name: _header_text(v) for name, v in cfg.headers.items()})
+    for name, value in (secret_headers or {}).items():
+        headers[name] = value
     content: bytes | None = None
     if cfg.json_body is not None:
         try:
@@ -213,7 +231,9 @@ def _plan(raw: Any, idempotency_key: str) -> _Plan:
         headers[idem] = idempotency_key
     expect = cfg.expect_status
     return _Plan(
-        request=_Request(cfg.method, url, headers, content),
+        request=_Request(
+            cfg.method, url, headers, content, frozenset(n.lower() for n in secret_headers or ())
+        ),
         timeout=cfg.timeout,
         expect=None
         if expect is None
@@ -246,9 +266,9 @@ def _next_hop(request: _Request, response: httpx.Response) -> _Request | None:
         for name in _BODY_HEADERS:
             headers.pop(name, None)
     if _origin(url) != _origin(request.url):
-        for name in _CREDENTIAL_HEADERS:
+        for name in (*_CREDENTIAL_HEADERS, *request.secret_headers):
             headers.pop(name, None)
-    return _Request(method, url, headers, content)
+    return _Request(method, url, headers, content, request.secret_headers)
 
 
 def _expected(expect: frozenset[int] | None) -> str:
@@ -331,6 +351,8 @@ class _Exchange:
                 headers=headers,
                 content=request.content,
                 timeout=self.plan.timeout,
+                # vetted with this node's allow_hosts by _follow: the hook need not again
+                extensions=vetted_extensions(target),
             )
             try:
                 return await self.client.send(outgoing, stream=True)
@@ -388,12 +410,14 @@ class _Exchange:
 
 @NodeRegistry.register("http")
 class HttpNode(BaseNode):
-    """Sends one HTTP request (following redirects, each hop re-checked by the SSRF
-    guard) and outputs ``{"status", "headers", "body"}``; see the module docstring."""
+    """Sends one HTTP request (following redirects, each hop re-checked by the egress
+    policy) and outputs ``{"status", "headers", "body"}``; see the module docstring."""
 
     config_model = HttpConfig
     config: HttpConfig
+    secret_fields = frozenset({"headers"})
     _policy: TargetPolicy | None = None
+    _secret_headers: SecretStrings[str] | None = None
 
     def _target_policy(self) -> TargetPolicy:
         # from the unresolved config: allow_hosts takes no templates, and it is the
@@ -422,7 +446,12 @@ class HttpNode(BaseNode):
     async def execute(
         self, node_context: NodeContext, workflow_context: WorkflowContext
     ) -> NodeResult:
-        plan = _plan(node_context.config, node_context.idempotency_key)
+        # the definition's header values that reference secrets (parsed once), filled
+        # in for this execution only
+        if self._secret_headers is None:
+            self._secret_headers = SecretStrings(self.config.headers)
+        filled = await self._secret_headers.fill(node_context)
+        plan = _plan(node_context.config, node_context.idempotency_key, filled)
         # a body larger than the run's output budget could never be its output: stop
         # reading there rather than hold it in memory
         cap = node_context.execution_config.max_output_bytes

@@ -10,6 +10,7 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from app.nodes.egress import parse_allow_entry
+from app.nodes.secrets import literal_credentials
 
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 MAX_REDIRECTS = 5
@@ -65,7 +66,9 @@ class HttpConfig(BaseModel):
     )
     allow_hosts: list[str] = Field(
         default_factory=list,
-        description="Host names and IP networks that may be reached although not public.",
+        description="Narrows the egress policy: when given, only these host names and "
+        "IP networks may be reached (non-public ones only if the operator's policy allows "
+        "them).",
     )
     follow_redirects: bool = Field(True, description=f"Follow up to {MAX_REDIRECTS} redirects.")
     max_response_bytes: int = Field(
@@ -118,6 +121,25 @@ class HttpConfig(BaseModel):
         for name in names:
             if not _TOKEN.match(name):
                 raise ValueError(f"invalid header name {name!r}")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _credentials_from_secrets(cls, value: dict[str, Any], info: ValidationInfo) -> Any:
+        # checked on the definition; once resolved, a reference is still there as written
+        # (the node fills it in after this model)
+        if info.context and info.context.get("resolved"):
+            return value
+        literal = literal_credentials(value)
+        if literal:
+            name = literal[0]
+            scheme = "" if name.lower() == "x-api-key" else "Bearer "
+            example = scheme + "{{ secrets.NAME }}"
+            raise ValueError(
+                f"{name} holds a literal credential: a definition must not hold one. Store "
+                f"it as a secret (PUT /v1/secrets/NAME) and reference it: "
+                f'"{name}": "{example}"'
+            )
         return value
 
     @field_validator("body")

@@ -12,6 +12,8 @@ Every label value comes from a bounded set:
   (a 404), and ``method``: the standard HTTP methods, any other folded into ``other``.
 - ``breaker``: the circuit-breaker keys the workflows use (``circuit_breaker.key`` or the
   node type's default, e.g. the ``http`` node's target host): not capped here.
+- ``action`` (audit write failures): the audit log's actions (``app.runtime.audit``), any
+  other folded into ``other``.
 
 With several uvicorn workers, set ``PROMETHEUS_MULTIPROC_DIR`` to an empty directory:
 ``/metrics`` then aggregates every worker's samples (prometheus-client multiprocess mode).
@@ -154,6 +156,12 @@ LEASE_TAKEOVERS = Counter(
 )
 CHECKPOINTS_WRITTEN = Counter("flowcore_checkpoints_written_total", "Checkpoint records committed.")
 EVENTS_PUBLISHED = Counter("flowcore_events_published_total", "Run events committed and published.")
+AUDIT_WRITE_FAILURES = Counter(
+    "flowcore_audit_write_failures_total",
+    "Audit log entries not written after their operation committed (each logged at ERROR "
+    "with the entry), by action (the audit log's actions, any other folded into 'other').",
+    ["action"],
+)
 SSE_CONNECTIONS = Gauge(
     "flowcore_sse_connections", "Open server-sent event streams.", multiprocess_mode="livesum"
 )

@@ -43,9 +43,18 @@ from app.engine import (
 from app.observability import metrics
 from app.runtime.definitions import DefinitionCache
 from app.runtime.journal import RunJournal
+from app.runtime.scoped import NamespaceBreakers, NamespaceMemory, scoped_workflow
+from app.runtime.secrets import MaskingCache, MaskingMemoryStore, SecretService
 from app.store.errors import LeaseLost
-from app.store.notifications import RELEASED, Notification, RunControl, RunFinished, RunQueued
-from app.store.records import StoredRun
+from app.store.notifications import (
+    RELEASED,
+    KeyRevoked,
+    Notification,
+    RunControl,
+    RunFinished,
+    RunQueued,
+)
+from app.store.records import DEFAULT_NAMESPACE, StoredRun
 from app.store.repository import Lease, Store
 
 logger = logging.getLogger("flowcore.runtime")
@@ -58,14 +67,17 @@ RECENT_RUNS = 4096
 class StoreWorkflowResolver:
     """``subworkflow`` nodes find their workflows in the store."""
 
-    def __init__(self, store: Store, limits: ExecutionConfig) -> None:
+    def __init__(
+        self, store: Store, limits: ExecutionConfig, namespace: str = DEFAULT_NAMESPACE
+    ) -> None:
         self.store = store
         self.limits = limits
+        self.namespace = namespace
 
     async def get_workflow(
         self, workflow_id: str, version: int | None = None
     ) -> WorkflowDefinition:
-        row = await self.store.get_workflow(workflow_id, version)
+        row = await self.store.get_workflow(workflow_id, version, namespace=self.namespace)
         if row is None:
             where = f" version {version}" if version is not None else ""
             raise WorkflowNotFoundError(f"no workflow {workflow_id!r}{where}")
@@ -96,6 +108,7 @@ class Dispatcher:
         *,
         cache: ServiceCache | None = None,
         breakers: CircuitBreakerStore | None = None,
+        secrets: SecretService | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -103,14 +116,15 @@ class Dispatcher:
         self.owner = settings.replica_id
         self.config = settings.execution_config()
         self.definitions = definitions or DefinitionCache(self.config)
-        self.resolver = StoreWorkflowResolver(store, self.config)
         # shared by every run of this replica (Redis-backed ones when configured)
         self.cache = cache or ServiceCache(None, self.config.cache_size)
         self.breakers = breakers or MeteredBreakers()
         self.memory_store = InMemoryMemoryStore()
+        #: where each run's ``{{ secrets.NAME }}`` come from (None: runs have no secrets)
+        self.secrets = secrets
         self.active: dict[str, ActiveRun] = {}
-        #: (workflow id, version) -> its compiled definition (see ``_definition``)
-        self._compiled: dict[tuple[str, int], WorkflowDefinition] = {}
+        #: (namespace, workflow id, version) -> its compiled definition (``_definition``)
+        self._compiled: dict[tuple[str, str, int], WorkflowDefinition] = {}
         #: the claim loop looks again when woken (``_wake``) with a reason: runs announced
         #: queued since its last claim (``_queued``), or anything else that may have made
         #: a run claimable (``_look``: a poll, a slot freed, runs released elsewhere)
@@ -171,6 +185,8 @@ class Dispatcher:
     # -------------------------------------------------------------- notifications
 
     def _on_notification(self, notification: Notification) -> None:
+        if isinstance(notification, KeyRevoked):
+            return  # the key cache's
         run_id = notification.run_id
         if isinstance(notification, RunControl):
             if run_id in self.active:
@@ -297,13 +313,19 @@ class Dispatcher:
             previous.journal.detach()
             self._stop_run(previous)
         lease = Lease(run.id, self.owner, run.epoch)
+        # this execution's secrets (its namespace's, decrypted when a node needs them),
+        # masked in everything it writes out: the journal, the outcome, the cache, memory
+        secrets = self.secrets.for_run(run.namespace) if self.secrets is not None else None
+        cache = self.cache.for_workflow(scoped_workflow(run.namespace, run.workflow_id))
+        memory = NamespaceMemory(self.memory_store, run.namespace)
         executor = WorkflowExecutor(
             self.config,
-            workflows=self.resolver,
-            cache=self.cache.for_workflow(run.workflow_id),
-            circuit_breakers=self.breakers,
-            memory_store=self.memory_store,
+            workflows=StoreWorkflowResolver(self.store, self.config, run.namespace),
+            cache=cache if secrets is None else MaskingCache(cache, secrets.masking),
+            circuit_breakers=NamespaceBreakers(self.breakers, run.namespace),
+            memory_store=memory if secrets is None else MaskingMemoryStore(memory, secrets.masking),
             park_after=self.settings.park_after_seconds,
+            secrets=secrets,
         )
         journal = RunJournal(
             self.store,
@@ -311,6 +333,7 @@ class Dispatcher:
             self.bus,
             flush_seconds=self.settings.event_flush_seconds,
             commit_window=self.settings.commit_window_seconds,
+            masking=secrets.masking if secrets is not None else None,
         )
         executor.checkpoint_store = journal
         active = ActiveRun(lease, journal, executor)
@@ -369,8 +392,8 @@ class Dispatcher:
             await self.store.finish_run(
                 lease,
                 result.status.value,
-                result.output,
-                result.error.to_dict() if result.error else None,
+                journal.masked(result.output),
+                journal.masked(result.error.to_dict()) if result.error else None,
                 parked=result.parked,
                 wake_at=result.wake_at,
             )
@@ -393,7 +416,7 @@ class Dispatcher:
             )
             journal.detach()
             with contextlib.suppress(LeaseLost):
-                await self.store.fail_run(lease, _failure(exc))
+                await self.store.fail_run(lease, journal.masked(_failure(exc)))
         finally:
             metrics.ACTIVE_RUNS.dec()
             if self.active.get(run.id) is active:
@@ -430,21 +453,25 @@ class Dispatcher:
                 config=config,
                 event_seq=await self.store.last_event_seq(run.id),
             )
-        definition = await self._definition(run.workflow_id, run.workflow_version)
+        definition = await self._definition(run.namespace, run.workflow_id, run.workflow_version)
         return await executor.execute(
             definition, run.input, run_id=run.id, config=config, event_sinks=sinks
         )
 
-    async def _definition(self, workflow_id: str, version: int) -> WorkflowDefinition:
+    async def _definition(
+        self, namespace: str, workflow_id: str, version: int
+    ) -> WorkflowDefinition:
         """The compiled definition of a stored version: a version never changes, so it
         is read from the database once per process, not once per run."""
-        key = (workflow_id, version)
+        key = (namespace, workflow_id, version)
         definition = self._compiled.get(key)
         if definition is None:
-            row = await self.store.get_workflow(workflow_id, version, include_archived=True)
+            row = await self.store.get_workflow(
+                workflow_id, version, include_archived=True, namespace=namespace
+            )
             if row is None:
                 raise WorkflowNotFoundError(f"workflow {workflow_id!r} version {version} is gone")
-            definition = self.definitions.get(row.workflow_id, row.version, row.definition)
+            definition = self.definitions.get(row)
             if len(self._compiled) >= 512:
                 self._compiled.clear()
             self._compiled[key] = definition

@@ -11,6 +11,10 @@ layer never imports the store.
     ├── InvalidCursor          a paging cursor the service did not hand out
     └── LeaseLost              (never reaches a caller of the service layer)
     InvalidRunConfig           a run's config names a knob it may not set, or a bad value
+    TooManyRuns                the namespace has its limit of runs queued or running
+    InvalidValue               a value the service refuses (naming its field)
+    SecretsUnavailable         FLOWCORE_SECRET_KEY is not set: no secret can be kept
+    Unauthenticated, Forbidden (``app.runtime.access``)
 """
 
 from __future__ import annotations
@@ -29,8 +33,11 @@ __all__ = [
     "InvalidCursor",
     "InvalidRunConfig",
     "InvalidTransition",
+    "InvalidValue",
     "NotFound",
+    "SecretsUnavailable",
     "StoreError",
+    "TooManyRuns",
 ]
 
 
@@ -40,3 +47,19 @@ class InvalidRunConfig(Exception):
     def __init__(self, issues: list[ValidationIssue]) -> None:
         super().__init__("; ".join(str(issue) for issue in issues))
         self.issues = issues
+
+
+class TooManyRuns(Exception):
+    """The caller's namespace has ``namespace_max_active_runs`` runs queued or running."""
+
+
+class InvalidValue(Exception):
+    """A value the service refuses, with the field it came in."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class SecretsUnavailable(Exception):
+    """``FLOWCORE_SECRET_KEY`` is not set: no secret can be stored or read (a 503)."""

@@ -26,7 +26,9 @@ class HealthService:
         migrations_head: str | None,
         redis: RedisLink | None,
         dispatcher_enabled: bool,
+        auth_required: bool = True,
     ) -> None:
+        self.auth = "required" if auth_required else "disabled"
         self.store = store
         self.migrations_head = migrations_head
         self.redis = redis
@@ -46,6 +48,7 @@ class HealthService:
             ready = False
             checks["database"] = f"unreachable: {type(exc).__name__}"
         checks["dispatcher"] = "on" if self.dispatcher_enabled else "off"
+        checks["auth"] = self.auth
         degraded = False
         if self.redis is None:
             checks["redis"] = {"state": "not configured"}

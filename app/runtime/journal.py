@@ -22,6 +22,12 @@ committed within ``flush_seconds`` of their emission — by the next checkpoint 
 if one comes first, else by the flusher. What was not committed when the replica dies
 is done again by the replica that takes the run over: a node whose result committed
 never runs again; one whose result had not may (at-least-once, as before).
+
+Secrets: ``masking`` holds the values of the secrets the run resolved so far (its
+``RunSecrets``); every event is masked as it arrives and every checkpoint record before
+it is committed, so neither the log, the checkpoints, the node results, the run's
+outcome nor the live bus ever hold a value. A run that resolved none pays one truth test
+per event.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from app.bus import EventBus
-from app.engine import CheckpointRecord, CheckpointStore, Event, EventType
+from app.engine import CheckpointRecord, CheckpointStore, Event, EventType, SecretMask
 from app.observability import metrics
 from app.store.errors import LeaseLost
 from app.store.lifecycle import TERMINAL
@@ -58,6 +64,7 @@ class RunJournal(CheckpointStore):
         flush_seconds: float = 0.1,
         commit_window: float = 0.02,
         on_lease_lost: Callable[[], None] | None = None,
+        masking: SecretMask | None = None,
     ) -> None:
         self.store = store
         self.lease = lease
@@ -65,6 +72,8 @@ class RunJournal(CheckpointStore):
         self.flush_seconds = flush_seconds
         self.commit_window = commit_window
         self.on_lease_lost = on_lease_lost
+        #: the run's secret values, masked in everything written or published
+        self.masking = masking
         self.pending: list[Event] = []
         self.lost = False
         #: the run's outcome was committed with its final checkpoint
@@ -94,6 +103,8 @@ class RunJournal(CheckpointStore):
     def publish(self, event: Event) -> None:
         if self.lost:
             return
+        if self.masking:
+            event = self.masking.event(event)
         self.pending.append(event)
         node = event.node_id
         if node is not None and "/" not in node:
@@ -110,6 +121,8 @@ class RunJournal(CheckpointStore):
     async def append(self, records: list[CheckpointRecord]) -> None:
         if self.lost or not records:
             return
+        if self.masking:
+            records = [self.masking.record(record) for record in records]
         if self._defer and self._flusher is not None and records[-1].status == "running":
             # group commit: a run's progress waits up to ``commit_window`` for the next
             # checkpoint (or the flusher), so a run of quick nodes commits in one go
@@ -187,6 +200,11 @@ class RunJournal(CheckpointStore):
 
     async def records(self, run_id: str) -> list[CheckpointRecord]:
         return await self.store.checkpoint_records(run_id)
+
+    def masked(self, value: Any) -> Any:
+        """``value`` (the run's output or error, as the service stores it) with the
+        run's secrets masked."""
+        return self.masking.apply(value) if self.masking else value
 
     # -- events between checkpoints
 

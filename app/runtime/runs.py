@@ -24,8 +24,10 @@ from app.engine import (
     latest_of,
     parse_checkpoint_id,
 )
+from app.runtime.access import AuditTrail, Caller, Role
+from app.runtime.audit import RUN_CANCELLED, RUN_FORKED, RUN_RESUMED, RUN_SIGNALLED
 from app.runtime.definitions import DefinitionCache
-from app.runtime.errors import IdempotencyConflict, InvalidRunConfig, NotFound
+from app.runtime.errors import IdempotencyConflict, InvalidRunConfig, NotFound, TooManyRuns
 from app.runtime.records import (
     CheckpointSummary,
     EventRecord,
@@ -88,17 +90,26 @@ def check_config(overrides: dict[str, Any] | None) -> None:
 
 
 class RunService:
-    """Every operation on runs the API offers."""
+    """Every operation on runs the API offers. Each takes the caller first and checks it
+    (``app.runtime.access``): a run of another namespace is NotFound."""
 
-    def __init__(self, settings: Settings, store: Store, definitions: DefinitionCache) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        definitions: DefinitionCache,
+        audit: AuditTrail | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.definitions = definitions
+        self.audit = audit
 
     # ---------------------------------------------------------------------- starting
 
     async def start(
         self,
+        caller: Caller,
         workflow_id: str,
         version: int | None,
         input: Any,
@@ -111,29 +122,42 @@ class RunService:
         request returns the same run; with another request it is IdempotencyConflict
         (which does not name the other request's run). With ``wait``, wait up to that
         many seconds (at most ``max_wait_seconds``) for it to finish or wait."""
+        caller.need(Role.WRITER)
+        namespace = caller.namespace
         digest = request_hash(workflow_id, version, input, config)
         if idempotency_key is not None:
-            existing = await self.store.run_by_idempotency_key(idempotency_key)
+            existing = await self.store.run_by_idempotency_key(idempotency_key, namespace=namespace)
             if existing is not None:
                 if existing.request_hash != digest:
                     raise IdempotencyConflict(
                         f"Idempotency-Key {idempotency_key!r} was used for a different request"
                     )
                 return await self._waited(existing, True, wait)
-        row = await self.store.get_workflow(workflow_id, version)
+        row = await self.store.get_workflow(workflow_id, version, namespace=namespace)
         if row is None or row.archived:
             where = f" version {version}" if version else ""
             raise NotFound(f"no workflow {workflow_id!r}{where}")
-        definition = self.definitions.get(row.workflow_id, row.version, row.definition)
+        definition = self.definitions.get(row)
         check_config(config)
         if definition.input_schema is not None:
             problems = check_input(definition.input_schema, input)
             if problems:
                 raise InputValidationError(problems)
+        await self._room_for_one(namespace)
         run, created = await self.store.create_run(
             uuid.uuid4().hex, row, input, config, idempotency_key, digest
         )
         return await self._waited(run, not created, wait)
+
+    async def _room_for_one(self, namespace: str) -> None:
+        """TooManyRuns when ``namespace`` has its ``namespace_max_active_runs`` queued or
+        running already."""
+        limit = self.settings.namespace_max_active_runs
+        if limit and await self.store.count_active(namespace) >= limit:
+            raise TooManyRuns(
+                f"namespace {namespace!r} has {limit} runs queued or running "
+                "(FLOWCORE_NAMESPACE_MAX_ACTIVE_RUNS); start more when some finish"
+            )
 
     async def _waited(self, run: StoredRun, replayed: bool, wait: float | None) -> Started:
         if wait:
@@ -172,35 +196,51 @@ class RunService:
 
     # ---------------------------------------------------------------------- reading
 
-    async def get(self, run_id: str) -> RunRecord:
-        return RunRecord.of(await self._row(run_id))
+    async def get(self, caller: Caller, run_id: str) -> RunRecord:
+        return RunRecord.of(await self._row(caller, run_id))
 
-    async def _row(self, run_id: str) -> StoredRun:
+    async def _row(self, caller: Caller, run_id: str, role: Role = Role.READER) -> StoredRun:
+        """The run, if the caller's namespace holds it (NotFound otherwise, whatever
+        the caller's role); then Forbidden unless the role allows ``role``."""
         run = await self.store.get_run(run_id)
-        if run is None:
+        if run is None or not caller.sees(run.namespace):
             raise NotFound(f"no run {run_id!r}")
+        caller.need(role)
         return run
 
     async def listing(
-        self, *, workflow_id: str | None, status: str | None, cursor: str | None, limit: int
+        self,
+        caller: Caller,
+        *,
+        workflow_id: str | None,
+        status: str | None,
+        cursor: str | None,
+        limit: int,
     ) -> Page[RunRecord]:
-        """Runs, newest first, filtered by workflow and status."""
+        """The caller's namespace's runs, newest first, filtered by workflow and status."""
+        caller.need(Role.READER)
         page = await self.store.list_runs(
-            workflow_id=workflow_id, status=status, cursor=cursor, limit=limit
+            namespace=caller.namespace,
+            workflow_id=workflow_id,
+            status=status,
+            cursor=cursor,
+            limit=limit,
         )
         return Page([RunRecord.of(row) for row in page.items], page.next_cursor)
 
-    async def events(self, run_id: str, after: int, limit: int) -> Page[EventRecord]:
+    async def events(
+        self, caller: Caller, run_id: str, after: int, limit: int
+    ) -> Page[EventRecord]:
         """One page of the logged events after sequence ``after``."""
-        await self._row(run_id)
+        await self._row(caller, run_id)
         rows = await self.store.events_after(run_id, after, limit=limit + 1)
         more = len(rows) > limit
         rows = rows[:limit]
         return Page(rows, str(rows[-1].seq) if more else None)
 
-    async def trace(self, run_id: str) -> RunTrace:
+    async def trace(self, caller: Caller, run_id: str) -> RunTrace:
         """Duration and per-node timings, attempts and errors, from the node ledger."""
-        run = RunRecord.of(await self._row(run_id))
+        run = RunRecord.of(await self._row(caller, run_id))
         timings = {
             r.node_id: NodeTiming(
                 r.status,
@@ -243,9 +283,9 @@ class RunService:
             if len(page) < LOG_PAGE:
                 return events
 
-    async def state(self, run_id: str) -> RunState:
+    async def state(self, caller: Caller, run_id: str) -> RunState:
         """The run's state at its latest checkpoint: variables, outputs, pending waits."""
-        run = RunRecord.of(await self._row(run_id))
+        run = RunRecord.of(await self._row(caller, run_id))
         records = await self.store.checkpoint_records(run_id)
         if not records:
             return RunState(run.id, run.status, run.current_nodes, {}, {}, {}, None)
@@ -263,31 +303,42 @@ class RunService:
 
     # ---------------------------------------------------------------------- control
 
-    async def cancel(self, run_id: str) -> RunRecord:
+    async def cancel(self, caller: Caller, run_id: str) -> RunRecord:
         """A run no replica holds is cancelled at once; a running one's replica cancels
         its nodes and checkpoints."""
-        return RunRecord.of(await self.store.request_cancel(run_id))
+        await self._row(caller, run_id, Role.WRITER)
+        cancelled = RunRecord.of(await self.store.request_cancel(run_id))
+        await self._audit(caller, RUN_CANCELLED, run_id)
+        return cancelled
 
-    async def signal(self, run_id: str, name: str, payload: Any) -> RunRecord:
+    async def signal(self, caller: Caller, run_id: str, name: str, payload: Any) -> RunRecord:
         """Deliver a signal to the run's ``wait`` node (kept until that node waits)."""
-        return RunRecord.of(await self.store.add_signal(run_id, name, payload))
+        await self._row(caller, run_id, Role.WRITER)
+        signalled = RunRecord.of(await self.store.add_signal(run_id, name, payload))
+        await self._audit(caller, RUN_SIGNALLED, run_id, {"signal": name})
+        return signalled
 
     # ------------------------------------------------------------------ checkpoints
 
-    async def checkpoints(self, run_id: str) -> list[CheckpointSummary]:
-        await self._row(run_id)
+    async def checkpoints(self, caller: Caller, run_id: str) -> list[CheckpointSummary]:
+        await self._row(caller, run_id)
         return [CheckpointSummary.of(row) for row in await self.store.checkpoints(run_id)]
 
-    async def _checkpoint(self, checkpoint_id: str) -> Checkpoint:
+    async def _checkpoint(
+        self, caller: Caller, checkpoint_id: str, role: Role = Role.READER
+    ) -> tuple[StoredRun, Checkpoint]:
         run_id, sequence = parse_checkpoint_id(checkpoint_id)
+        run = await self._row(caller, run_id, role)
         if sequence > MAX_SEQUENCE:
             raise NotFound(f"no checkpoint {checkpoint_id!r}")
         records = await self.store.checkpoint_records(run_id)
-        return checkpoint_at(records, sequence, checkpoint_id)
+        return run, checkpoint_at(records, sequence, checkpoint_id)
 
-    async def checkpoint(self, checkpoint_id: str) -> tuple[CheckpointSummary, dict[str, Any]]:
+    async def checkpoint(
+        self, caller: Caller, checkpoint_id: str
+    ) -> tuple[CheckpointSummary, dict[str, Any]]:
         """A checkpoint and the run's full state at that point."""
-        checkpoint = await self._checkpoint(checkpoint_id)
+        _, checkpoint = await self._checkpoint(caller, checkpoint_id)
         row = await self.store.checkpoint(checkpoint.run_id, checkpoint.sequence)
         if row is None:
             raise NotFound(f"no checkpoint {checkpoint_id!r}")
@@ -297,6 +348,7 @@ class RunService:
 
     async def resume(
         self,
+        caller: Caller,
         checkpoint_id: str,
         *,
         fork: bool = False,
@@ -306,13 +358,15 @@ class RunService:
         """Resume the run from this checkpoint (failed, cancelled, waiting or
         interrupted runs; one executing elsewhere stops there first), or with ``fork``
         start a new run from it, optionally with a new input and variables."""
-        checkpoint = await self._checkpoint(checkpoint_id)
-        run_id = checkpoint.run_id
-        run = await self._row(run_id)
+        run, checkpoint = await self._checkpoint(caller, checkpoint_id, Role.WRITER)
+        run_id = run.id
         if not fork:
-            return RunRecord.of(await self.store.queue_resume(run_id, checkpoint_id, vars))
+            resumed = RunRecord.of(await self.store.queue_resume(run_id, checkpoint_id, vars))
+            await self._audit(caller, RUN_RESUMED, run_id, {"checkpoint_id": checkpoint_id})
+            return resumed
+        await self._room_for_one(run.namespace)
         workflow = await self.store.get_workflow(
-            run.workflow_id, run.workflow_version, include_archived=True
+            run.workflow_id, run.workflow_version, include_archived=True, namespace=run.namespace
         )
         if workflow is None:
             raise NotFound(f"workflow {run.workflow_id!r} version {run.workflow_version} is gone")
@@ -326,4 +380,11 @@ class RunService:
             fork_of=checkpoint_id,
             vars_patch=vars,
         )
+        await self._audit(caller, RUN_FORKED, forked.id, {"checkpoint_id": checkpoint_id})
         return RunRecord.of(forked)
+
+    async def _audit(
+        self, caller: Caller, action: str, target: str, detail: dict[str, Any] | None = None
+    ) -> None:
+        if self.audit is not None:
+            await self.audit.record(caller, action, f"run:{target}", detail)

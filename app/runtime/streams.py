@@ -22,6 +22,8 @@ from app.bus import EventBus
 from app.config import Settings
 from app.engine import TERMINAL_EVENTS, Event
 from app.observability import metrics
+from app.runtime.access import Caller, Role
+from app.runtime.errors import NotFound
 from app.store.lifecycle import TERMINAL
 from app.store.records import StoredEvent
 from app.store.repository import Store
@@ -89,15 +91,21 @@ class EventStreams:
         self.store = store
         self.bus = bus
 
-    def stream(
+    async def open(
         self,
+        caller: Caller,
         run_id: str,
         after: int,
         framing: Framing,
         disconnected: Callable[[], Awaitable[bool]] | None = None,
     ) -> AsyncIterator[bytes]:
         """The frames of ``run_id``'s events after sequence ``after``, ending after the
-        terminal one (or when ``disconnected()`` says the client left)."""
+        terminal one (or when ``disconnected()`` says the client left). NotFound, before
+        anything is streamed, for a run the caller's namespace does not hold."""
+        run = await self.store.get_run(run_id)
+        if run is None or not caller.sees(run.namespace):
+            raise NotFound(f"no run {run_id!r}")
+        caller.need(Role.READER)
         return _stream(self, run_id, after, framing, disconnected)
 
 

@@ -18,12 +18,17 @@ from app.bus import EventBus, LocalEventBus, RedisEventBus, RedisWakeups
 from app.cache import MeteredBreakers, RedisCircuitBreakers, ServiceCache
 from app.config import Settings
 from app.engine import ExecutionConfig
+from app.nodes.egress import EgressPolicy, install_egress_policy
 from app.observability import metrics
 from app.redis_link import RedisLink
+from app.runtime.audit import AuditLog
 from app.runtime.definitions import DefinitionCache
 from app.runtime.dispatcher import Dispatcher
 from app.runtime.health import HealthService
+from app.runtime.keys import KeyService
+from app.runtime.ratelimit import RateLimiter
 from app.runtime.runs import RunService
+from app.runtime.secrets import SecretBox, SecretService
 from app.runtime.streams import EventStreams
 from app.runtime.workflows import WorkflowService
 from app.store import Store, open_store
@@ -48,6 +53,10 @@ class Runtime:
     runs: RunService
     streams: EventStreams
     health: HealthService
+    audit: AuditLog
+    keys: KeyService
+    limiter: RateLimiter
+    secrets: SecretService
     wakeups: RedisWakeups | None = None
     _samplers: list[Callable[[], None]] = field(default_factory=list)
     _sampling: asyncio.Task[None] | None = None
@@ -72,6 +81,8 @@ class Runtime:
             metrics.SAMPLERS.remove(sampler)
         if self.redis is not None:
             await self.redis.close()
+        self.keys.close()
+        await self.audit.settle()  # entries whose requests were cancelled
         await self.store.close()
         await self.engine.dispose()
         await _closing_connections()
@@ -85,6 +96,8 @@ async def build(
 ) -> Runtime:
     """Wire one replica from ``settings`` (``dispatcher``: override
     ``dispatcher_enabled``; ``store_factory``: another store, for the benchmarks)."""
+    install_egress_policy(EgressPolicy.from_settings(settings))  # a bad entry stops here
+    secret_box = SecretBox.from_setting(settings.secret_key)  # so does a bad secret key
     engine = create_engine(settings.database_url, settings.db_pool_size, settings.db_max_overflow)
     store = store_factory(engine)
     redis = await _connect_redis(settings)
@@ -108,14 +121,26 @@ async def build(
     cache = ServiceCache(redis, limits.cache_size)
     breakers = RedisCircuitBreakers(redis) if redis is not None else MeteredBreakers()
     enabled = settings.dispatcher_enabled if dispatcher is None else dispatcher
+    secrets = SecretService(store, secret_box)
     runner = (
-        Dispatcher(settings, store, bus, definitions, cache=cache, breakers=breakers)
+        Dispatcher(
+            settings, store, bus, definitions, cache=cache, breakers=breakers, secrets=secrets
+        )
         if enabled
         else None
     )
     samplers = _pool_samplers(engine, redis)
     metrics.SAMPLERS.extend(samplers)
     sampling = asyncio.get_running_loop().create_task(_sample_forever(), name="flowcore-sample")
+    audit = AuditLog(store)
+    secrets.audit = audit
+    bootstrap = settings.bootstrap_admin_key
+    keys = KeyService(
+        store,
+        bootstrap_key=bootstrap.get_secret_value() if bootstrap is not None else None,
+        cache_seconds=settings.auth_cache_seconds,
+        audit=audit,
+    )
     return Runtime(
         settings=settings,
         limits=limits,
@@ -124,10 +149,16 @@ async def build(
         bus=bus,
         redis=redis,
         dispatcher=runner,
-        workflows=WorkflowService(store, limits),
-        runs=RunService(settings, store, definitions),
+        workflows=WorkflowService(store, limits, audit),
+        runs=RunService(settings, store, definitions, audit),
         streams=EventStreams(settings, store, bus),
-        health=HealthService(store, head_revision(), redis, runner is not None),
+        health=HealthService(
+            store, head_revision(), redis, runner is not None, settings.auth_required
+        ),
+        audit=audit,
+        keys=keys,
+        limiter=RateLimiter(redis),
+        secrets=secrets,
         wakeups=wakeups,
         _samplers=samplers,
         _sampling=sampling,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.sql.expression import ColumnElement
 
 from app.store.base import (
     Lease,
@@ -26,13 +28,27 @@ from app.store.notifications import (
 )
 from app.store.records import StoredRun
 
+#: how many runs past ``limit`` a claim looks at in the fair order: the runs that other
+#: replicas claiming at the same instant (woken by one notification) may have locked
+CLAIM_LOOKAHEAD = 1000
+
+
+def _claimable(now: Any) -> ColumnElement[bool]:
+    """Queued runs, active ones whose lease expired, parked ones that are due."""
+    return or_(
+        Run.status == QUEUED,
+        and_(Run.status.in_(ACTIVE), Run.lease_until < now),
+        and_(Run.status == WAITING, Run.parked.is_(True), Run.wake_at <= now),
+    )
+
 
 class Leases(StoreBase):
     """The dispatcher's side of the queue."""
 
     async def claim_runs(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
         """Claim up to ``limit`` runs: queued ones, active ones whose lease expired, and
-        parked ones that are due; oldest first, as the dispatcher starts them."""
+        parked ones that are due; fairly across namespaces (see ``_claim``), returned
+        oldest first, as the dispatcher starts them."""
         if limit <= 0:
             return []
         claimed = await self._claim(owner, float(lease_seconds), limit)
@@ -40,28 +56,55 @@ class Leases(StoreBase):
         return claimed
 
     async def _claim(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
-        """claim_runs's write. ``FOR UPDATE SKIP LOCKED`` keeps replicas from claiming
-        the same run."""
+        """claim_runs's write, fair across namespaces.
+
+        A claimable run's *turn* is the number of runs its namespace holds (running, or
+        waiting on a live lease) plus its rank among its namespace's claimable runs,
+        oldest first. The runs with the lowest turns are claimed, the oldest first among
+        equal turns: a namespace with 5,000 queued runs takes one turn after another, and
+        a namespace's single run still comes next. With one namespace this is oldest
+        first. ``FOR UPDATE SKIP LOCKED`` keeps replicas from claiming the same run; a
+        claim looks ``CLAIM_LOOKAHEAD`` runs past ``limit`` in this order for ones that
+        replicas claiming at the same time have not locked."""
         now = db_now(self.engine)
+        lookahead = limit + CLAIM_LOOKAHEAD
+        held = (
+            select(Run.namespace, func.count().label("n"))
+            .where(Run.owner.is_not(None), Run.status.in_(ACTIVE), Run.lease_until >= now)
+            .group_by(Run.namespace)
+            .subquery("held")
+        )
+        ranked = (
+            select(
+                Run.id,
+                Run.namespace,
+                Run.created_at,
+                func.row_number()
+                .over(partition_by=Run.namespace, order_by=(Run.created_at, Run.id))
+                .label("rank"),
+            )
+            .where(_claimable(now))
+            .subquery("ranked")
+        )
+        turn = (func.coalesce(held.c.n, 0) + ranked.c.rank).label("turn")
+        fair = (
+            select(ranked.c.id, ranked.c.created_at, turn)
+            .select_from(ranked.outerjoin(held, held.c.namespace == ranked.c.namespace))
+            .where(ranked.c.rank <= lookahead)
+            .order_by(turn, ranked.c.created_at, ranked.c.id)
+            .limit(lookahead)
+            .subquery("fair")
+        )
         async with self._write() as session:
             ids = list(
                 (
                     await session.execute(
                         select(Run.id)
-                        .where(
-                            or_(
-                                Run.status == QUEUED,
-                                and_(Run.status.in_(ACTIVE), Run.lease_until < now),
-                                and_(
-                                    Run.status == WAITING,
-                                    Run.parked.is_(True),
-                                    Run.wake_at <= now,
-                                ),
-                            )
-                        )
-                        .order_by(Run.created_at)
+                        .join(fair, fair.c.id == Run.id)
+                        .where(_claimable(now))  # again, on the row as it is when locked
+                        .order_by(fair.c.turn, fair.c.created_at, fair.c.id)
                         .limit(limit)
-                        .with_for_update(skip_locked=True)
+                        .with_for_update(of=Run, skip_locked=True)
                     )
                 ).scalars()
             )

@@ -5,9 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Index, Integer, MetaData, String, Text, false, text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+    text,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from app.store.records import DEFAULT_NAMESPACE
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
@@ -30,6 +44,9 @@ class WorkflowVersion(Base):
 
     __tablename__ = "workflow_versions"
 
+    namespace: Mapped[str] = mapped_column(
+        String(64), primary_key=True, server_default=DEFAULT_NAMESPACE
+    )
     workflow_id: Mapped[str] = mapped_column(String(200), primary_key=True)
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str | None] = mapped_column(String(400))
@@ -44,6 +61,7 @@ class Run(Base):
     __tablename__ = "runs"
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    namespace: Mapped[str] = mapped_column(String(64), server_default=DEFAULT_NAMESPACE)
     workflow_id: Mapped[str] = mapped_column(String(200))
     workflow_version: Mapped[int] = mapped_column(Integer)
     status: Mapped[str] = mapped_column(String(16))
@@ -51,7 +69,7 @@ class Run(Base):
     config: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     output: Mapped[Any] = mapped_column(JSONType, nullable=True)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
-    idempotency_key: Mapped[str | None] = mapped_column(String(200), unique=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[float] = mapped_column(Float)
     started_at: Mapped[float | None] = mapped_column(Float)
@@ -77,8 +95,12 @@ class Run(Base):
     wake_at: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (
+        UniqueConstraint("namespace", "idempotency_key", name="uq_runs_namespace_key"),
         Index("ix_runs_claim", "status", "created_at"),
-        Index("ix_runs_workflow", "workflow_id", "created_at"),
+        Index("ix_runs_workflow", "namespace", "workflow_id", "created_at"),
+        Index("ix_runs_namespace", "namespace", "created_at"),
+        # fair claims: the oldest queued runs of each namespace
+        Index("ix_runs_queue", "status", "namespace", "created_at"),
         Index("ix_runs_owner", "owner"),
         Index(
             "ix_runs_wake",
@@ -146,3 +168,53 @@ class SignalRow(Base):
     payload: Mapped[Any] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[float] = mapped_column(Float)
     delivered: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class ApiKey(Base):
+    """An API key: only its hash is kept; ``id`` is the public part that names it in
+    logs and in the audit log (``fc_live_<id>_...``)."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    namespace: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    name: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[float] = mapped_column(Float)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    expires_at: Mapped[float | None] = mapped_column(Float)
+    revoked_at: Mapped[float | None] = mapped_column(Float)
+
+    __table_args__ = (Index("ix_api_keys_namespace", "namespace", "created_at"),)
+
+
+class SecretRow(Base):
+    """A namespace's secret, encrypted (Fernet): the service never returns the value."""
+
+    __tablename__ = "secrets"
+
+    namespace: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class AuditRow(Base):
+    """Who did what, when and from where: one row per security-relevant change."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[float] = mapped_column(Float)
+    namespace: Mapped[str] = mapped_column(String(64))
+    #: the key's public id, or ``anonymous`` (auth disabled), or ``cli``
+    actor: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str | None] = mapped_column(String(300))
+    source: Mapped[str | None] = mapped_column(String(100))
+    detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+    __table_args__ = (Index("ix_audit_log_namespace", "namespace", "id"),)

@@ -8,6 +8,7 @@ notification        when                                                        
 ``RunControl``      a run was signalled, cancelled or resumed elsewhere        ``ctl:``
 ``RunFinished``     a run ended, waits or parked: a slot is free, ``?wait``    ``done:``
                     callers look
+``KeyRevoked``      an API key was revoked: replicas forget it at once         ``key:``
 ==================  =========================================================  ========
 
 In this process a :class:`Notifier` hands them to its listeners as objects. Between
@@ -28,6 +29,7 @@ logger = logging.getLogger("flowcore.store")
 QUEUED_PREFIX = "run:"
 CONTROL_PREFIX = "ctl:"
 FINISHED_PREFIX = "done:"
+KEY_REVOKED_PREFIX = "key:"
 #: the run id of a RunQueued that stands for several runs (released at shutdown)
 RELEASED = "released"
 
@@ -55,24 +57,34 @@ class RunFinished:
     run_id: str
 
 
-Notification = RunQueued | RunControl | RunFinished
+@dataclass(frozen=True, slots=True)
+class KeyRevoked:
+    """An API key was revoked: every replica drops it from its cache of keys."""
+
+    key_id: str
+
+
+Notification = RunQueued | RunControl | RunFinished | KeyRevoked
 _PREFIXES: dict[type[Notification], str] = {
     RunQueued: QUEUED_PREFIX,
     RunControl: CONTROL_PREFIX,
     RunFinished: FINISHED_PREFIX,
+    KeyRevoked: KEY_REVOKED_PREFIX,
 }
 _KINDS = {prefix: kind for kind, prefix in _PREFIXES.items()}
 
 
 def encode(notification: Notification) -> str:
+    if isinstance(notification, KeyRevoked):
+        return KEY_REVOKED_PREFIX + notification.key_id
     return _PREFIXES[type(notification)] + notification.run_id
 
 
 def decode(text: str) -> Notification | None:
     """The notification ``text`` carries (None: not one of ours)."""
-    prefix, sep, run_id = text.partition(":")
+    prefix, sep, subject = text.partition(":")
     kind = _KINDS.get(prefix + sep)
-    return kind(run_id) if kind is not None and run_id else None
+    return kind(subject) if kind is not None and subject else None
 
 
 class Notifier:

@@ -25,6 +25,7 @@ from app.engine import NodeCheckpoint
 from app.store.base import _record_json
 from app.store.db import create_pg_pool, json_dumps
 from app.store.errors import LeaseLost
+from app.store.leases import CLAIM_LOOKAHEAD
 from app.store.lifecycle import (
     ACTIVE,
     LET_GO,
@@ -44,7 +45,7 @@ from app.store.notifications import (
     encode,
 )
 from app.store.progress import Commit
-from app.store.records import StoredEvent, StoredRun, StoredWorkflow
+from app.store.records import DEFAULT_NAMESPACE, StoredEvent, StoredRun, StoredWorkflow
 from app.store.repository import NOTIFY_CHANNEL, Lease, Store
 
 
@@ -135,12 +136,14 @@ class PostgresStore(Store):
             with contextlib.suppress(Exception):
                 await listener.close()
 
-    async def _workflow_row(self, workflow_id: str, version: int | None) -> StoredWorkflow | None:
+    async def _workflow_row(
+        self, namespace: str, workflow_id: str, version: int | None
+    ) -> StoredWorkflow | None:
         pool = await self._pg()
         if version is not None:
-            record = await pool.fetchrow(_PG_WORKFLOW_VERSION, workflow_id, version)
+            record = await pool.fetchrow(_PG_WORKFLOW_VERSION, namespace, workflow_id, version)
         else:
-            record = await pool.fetchrow(_PG_WORKFLOW_LATEST, workflow_id)
+            record = await pool.fetchrow(_PG_WORKFLOW_LATEST, namespace, workflow_id)
         return StoredWorkflow.from_mapping(record) if record is not None else None
 
     async def _insert_run(self, **values: Any) -> tuple[StoredRun, bool]:
@@ -151,6 +154,7 @@ class PostgresStore(Store):
             await pool.execute(
                 _PG_CREATE_RUN,
                 row.id,
+                row.namespace,
                 row.workflow_id,
                 row.workflow_version,
                 json_dumps(row.input),
@@ -163,7 +167,8 @@ class PostgresStore(Store):
                 NOTIFY_CHANNEL,
             )
         except _unique_violation() as exc:
-            return await self._taken(row.idempotency_key, row.request_hash, exc), False
+            taken = await self._taken(row.namespace, row.idempotency_key, row.request_hash, exc)
+            return taken, False
         self._announce(RunQueued(row.id))
         return row, True
 
@@ -171,18 +176,22 @@ class PostgresStore(Store):
         pool = await self._pg()
         return int(await pool.fetchval(_PG_COUNT_QUEUED))
 
-    async def run_by_idempotency_key(self, key: str) -> StoredRun | None:
+    async def run_by_idempotency_key(
+        self, key: str, *, namespace: str = DEFAULT_NAMESPACE
+    ) -> StoredRun | None:
         pool = await self._pg()
-        return _run_from(await pool.fetchrow(_PG_RUN_BY_KEY, key))
+        return _run_from(await pool.fetchrow(_PG_RUN_BY_KEY, namespace, key))
 
     async def get_run(self, run_id: str) -> StoredRun | None:
         pool = await self._pg()
         return _run_from(await pool.fetchrow(_PG_GET_RUN, run_id))
 
     async def _claim(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
-        """One statement: lock, claim and return the rows."""
+        """One statement: rank fairly across namespaces (``Leases._claim``), lock,
+        claim and return the rows."""
         pool = await self._pg()
-        records = await pool.fetch(_PG_CLAIM, owner, lease_seconds, limit)
+        lookahead = limit + CLAIM_LOOKAHEAD
+        records = await pool.fetch(_PG_CLAIM, owner, lease_seconds, limit, lookahead)
         return [StoredRun.from_mapping(record) for record in records]
 
     async def _heartbeat(
@@ -367,35 +376,57 @@ _PG_NEXT_WAKE = f"SELECT min(wake_at) FROM runs WHERE status = '{WAITING}' AND p
 
 _PG_CREATE_RUN = f"""
 WITH created AS (
-    INSERT INTO runs (id, workflow_id, workflow_version, status, input, config,
+    INSERT INTO runs (id, namespace, workflow_id, workflow_version, status, input, config,
         idempotency_key, request_hash, created_at, updated_at, epoch, claims, event_seq,
         checkpoint_seq, fork_of, vars_patch, cancel_requested)
-    VALUES ($1, $2, $3, '{QUEUED}', $4::jsonb, $5::jsonb, $6, $7, $8, $8, 0, 0, 0, 0, $9,
-        $10::jsonb, false)
+    VALUES ($1, $2, $3, $4, '{QUEUED}', $5::jsonb, $6::jsonb, $7, $8, $9, $9, 0, 0, 0, 0,
+        $10, $11::jsonb, false)
     RETURNING id
 )
-SELECT pg_notify($11, '{QUEUED_PREFIX}' || id) FROM created
+SELECT pg_notify($12, '{QUEUED_PREFIX}' || id) FROM created
 """
 _PG_GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = $1"
-_PG_RUN_BY_KEY = f"SELECT {_RUN_COLUMNS} FROM runs WHERE idempotency_key = $1"
+_PG_RUN_BY_KEY = f"SELECT {_RUN_COLUMNS} FROM runs WHERE namespace = $1 AND idempotency_key = $2"
 _PG_WORKFLOW_VERSION = (
-    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE workflow_id = $1 AND version = $2"
+    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions "
+    "WHERE namespace = $1 AND workflow_id = $2 AND version = $3"
 )
 _PG_WORKFLOW_LATEST = (
-    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE workflow_id = $1 "
-    "ORDER BY version DESC LIMIT 1"
+    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE namespace = $1 "
+    "AND workflow_id = $2 ORDER BY version DESC LIMIT 1"
 )
+_PG_CLAIMABLE = (
+    f"status = '{QUEUED}' OR (status IN {_PG_ACTIVE} AND lease_until < {_PG_NOW}) "
+    f"OR (status = '{WAITING}' AND parked AND wake_at <= {_PG_NOW})"
+)
+# ``fair``: the first $4 claimable runs by turn (the runs their namespace holds + their
+# rank in it); of those, lock the first $3 that no one else has locked and that are
+# still claimable (rechecked on the row as it is once locked). Locking pulls ``fair`` in
+# order through the primary key: a long lookahead costs only the runs it skips
 _PG_CLAIM = f"""
 UPDATE runs SET status = '{RUNNING}', owner = $1, lease_until = {_PG_NOW} + $2,
     epoch = epoch + 1, claims = claims + 1, started_at = coalesce(started_at, {_PG_NOW}),
     updated_at = {_PG_NOW}, parked = false, wake_at = NULL
 WHERE id IN (
-    SELECT id FROM runs
-    WHERE status = '{QUEUED}' OR (status IN {_PG_ACTIVE} AND lease_until < {_PG_NOW})
-        OR (status = '{WAITING}' AND parked AND wake_at <= {_PG_NOW})
-    ORDER BY created_at
+    SELECT runs.id FROM (
+        SELECT q.id, q.created_at, coalesce(held.n, 0) + q.rank AS turn
+        FROM (
+            SELECT id, namespace, created_at,
+                row_number() OVER (PARTITION BY namespace ORDER BY created_at, id) AS rank
+            FROM runs WHERE {_PG_CLAIMABLE}
+        ) q LEFT JOIN (
+            SELECT namespace, count(*) AS n FROM runs
+            WHERE owner IS NOT NULL AND status IN {_PG_ACTIVE} AND lease_until >= {_PG_NOW}
+            GROUP BY namespace
+        ) held ON held.namespace = q.namespace
+        WHERE q.rank <= $4
+        ORDER BY turn, q.created_at, q.id
+        LIMIT $4
+    ) fair JOIN runs ON runs.id = fair.id
+    WHERE {_PG_CLAIMABLE}
+    ORDER BY fair.turn, fair.created_at, fair.id
     LIMIT $3
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE OF runs SKIP LOCKED
 )
 RETURNING {_RUN_COLUMNS}
 """

@@ -10,6 +10,9 @@ from typing import Any, TypeVar
 
 R = TypeVar("R", bound="_Record")
 
+#: the namespace of rows written before namespaces existed, and of a service without auth
+DEFAULT_NAMESPACE = "default"
+
 
 class _Record:
     """Fields in the order of the table's columns (a test holds them to it)."""
@@ -43,6 +46,7 @@ def _names(cls: type[Any]) -> tuple[str, ...]:
 class StoredWorkflow(_Record):
     """An immutable version of a workflow definition."""
 
+    namespace: str
     workflow_id: str
     version: int
     name: str | None
@@ -56,6 +60,7 @@ class StoredRun(_Record):
     """A run: its request, its state, and its lease while a replica executes it."""
 
     id: str
+    namespace: str
     workflow_id: str
     workflow_version: int
     status: str
@@ -136,3 +141,54 @@ class StoredSignal(_Record):
     payload: Any
     created_at: float
     delivered: bool
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAudit(_Record):
+    """One entry of a namespace's audit log: who did what, when and from where."""
+
+    id: int
+    at: float
+    namespace: str
+    actor: str
+    role: str
+    action: str
+    target: str | None
+    source: str | None
+    detail: dict[str, Any] | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredApiKey(_Record):
+    """An API key as stored: its public id and the hash of the whole key, never the key."""
+
+    id: str
+    hash: str
+    namespace: str
+    role: str
+    name: str | None
+    created_at: float
+    created_by: str | None
+    expires_at: float | None
+    revoked_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSecret(_Record):
+    """A namespace's secret as stored: its value encrypted (the store never sees it)."""
+
+    namespace: str
+    name: str
+    ciphertext: str
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSecretInfo(_Record):
+    """A secret as listed: its name and times, never its value or its ciphertext."""
+
+    namespace: str
+    name: str
+    created_at: float
+    updated_at: float

@@ -10,15 +10,20 @@ past it, or its run was taken over) writes nothing and learns so from
 
 from __future__ import annotations
 
+from app.store.audit import AuditRows
 from app.store.base import NOTIFY_CHANNEL, Lease, Page, StoreBase
+from app.store.keys import ApiKeys
 from app.store.leases import Leases
 from app.store.logs import Logs
 from app.store.progress import Progress
 from app.store.runs import RunRows
+from app.store.secrets import SecretRows
 from app.store.workflows import WorkflowRows
 
 
-class Store(WorkflowRows, RunRows, Leases, Progress, Logs, StoreBase):
+class Store(
+    WorkflowRows, RunRows, Leases, Progress, Logs, AuditRows, ApiKeys, SecretRows, StoreBase
+):
     """The service's database operations: the portable implementation (SQLAlchemy),
     which ``PostgresStore`` and ``SqliteStore`` specialise on their hot paths."""
 

@@ -31,6 +31,7 @@ from app.store.errors import (
 from app.store.lifecycle import (
     CANCELLED,
     QUEUED,
+    RUNNING,
     TERMINAL,
     WAITING,
     let_go,
@@ -43,7 +44,7 @@ from app.store.notifications import (
     RunFinished,
     RunQueued,
 )
-from app.store.records import StoredRun, StoredSignal, StoredWorkflow
+from app.store.records import DEFAULT_NAMESPACE, StoredRun, StoredSignal, StoredWorkflow
 
 
 class RunRows(StoreBase):
@@ -66,6 +67,7 @@ class RunRows(StoreBase):
         now = time.time()
         return await self._insert_run(
             id=run_id,
+            namespace=workflow.namespace,
             workflow_id=workflow.workflow_id,
             workflow_version=workflow.version,
             status=QUEUED,
@@ -88,7 +90,8 @@ class RunRows(StoreBase):
     async def _insert_run(self, **values: Any) -> tuple[StoredRun, bool]:
         """Insert a queued run (see ``create_run``)."""
         row = Run(**values)
-        run_id, idempotency_key, request_hash = row.id, row.idempotency_key, row.request_hash
+        run_id, namespace = row.id, row.namespace
+        idempotency_key, request_hash = row.idempotency_key, row.request_hash
         async with self._write() as session:
             session.add(row)
             await self._notify(session, RunQueued(run_id))
@@ -96,15 +99,19 @@ class RunRows(StoreBase):
                 await session.commit()
             except IntegrityError as exc:
                 await session.rollback()
-                return await self._taken(idempotency_key, request_hash, exc), False
+                return await self._taken(namespace, idempotency_key, request_hash, exc), False
         self._announce(RunQueued(run_id))
         return StoredRun.of(row), True
 
-    async def _taken(self, key: str | None, request_hash: str | None, exc: Exception) -> StoredRun:
+    async def _taken(
+        self, namespace: str, key: str | None, request_hash: str | None, exc: Exception
+    ) -> StoredRun:
         """After an insert broke a unique key: the run this idempotency key made for the
         same request; IdempotencyConflict for another request. With no run of the key,
         the key broken was the run's id: ``exc`` is raised again."""
-        existing = await self.run_by_idempotency_key(key) if key is not None else None
+        existing = (
+            await self.run_by_idempotency_key(key, namespace=namespace) if key is not None else None
+        )
         if existing is None:
             if isinstance(exc, IntegrityError):
                 raise exc
@@ -122,14 +129,20 @@ class RunRows(StoreBase):
             ).scalar_one()
             return int(value)
 
-    async def run_by_idempotency_key(self, key: str) -> StoredRun | None:
+    async def run_by_idempotency_key(
+        self, key: str, *, namespace: str = DEFAULT_NAMESPACE
+    ) -> StoredRun | None:
         async with self._read() as session:
-            return one(
-                StoredRun,
-                (
-                    await session.execute(select(Run).where(Run.idempotency_key == key))
-                ).scalar_one_or_none(),
+            query = select(Run).where(Run.namespace == namespace, Run.idempotency_key == key)
+            return one(StoredRun, (await session.execute(query)).scalar_one_or_none())
+
+    async def count_active(self, namespace: str) -> int:
+        """The runs of ``namespace`` that are queued or running."""
+        async with self._read() as session:
+            query = select(func.count()).where(
+                Run.namespace == namespace, Run.status.in_((QUEUED, RUNNING))
             )
+            return int((await session.execute(query)).scalar_one())
 
     async def get_run(self, run_id: str) -> StoredRun | None:
         async with self._read() as session:
@@ -138,6 +151,7 @@ class RunRows(StoreBase):
     async def list_runs(
         self,
         *,
+        namespace: str = DEFAULT_NAMESPACE,
         workflow_id: str | None,
         status: str | None,
         cursor: str | None,
@@ -145,7 +159,12 @@ class RunRows(StoreBase):
     ) -> Page:
         """Runs, newest first; the cursor is ``<created_at>:<id>`` of the last one seen."""
         async with self._read() as session:
-            query = select(Run).order_by(Run.created_at.desc(), Run.id.desc()).limit(limit + 1)
+            query = (
+                select(Run)
+                .where(Run.namespace == namespace)
+                .order_by(Run.created_at.desc(), Run.id.desc())
+                .limit(limit + 1)
+            )
             if workflow_id is not None:
                 query = query.where(Run.workflow_id == workflow_id)
             if status is not None:

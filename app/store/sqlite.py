@@ -46,6 +46,7 @@ from app.store.models import EventRow, Run, SignalRow, WorkflowVersion
 from app.store.notifications import RunQueued
 from app.store.progress import Commit
 from app.store.records import (
+    DEFAULT_NAMESPACE,
     StoredEvent,
     StoredRun,
     StoredSignal,
@@ -252,19 +253,24 @@ class SqliteStore(Store):
 
     # ------------------------------------------------------------------ reads
 
-    async def _workflow_row(self, workflow_id: str, version: int | None) -> StoredWorkflow | None:
+    async def _workflow_row(
+        self, namespace: str, workflow_id: str, version: int | None
+    ) -> StoredWorkflow | None:
         sql, args = (
-            (_WORKFLOW_VERSION, (workflow_id, version))
+            (_WORKFLOW_VERSION, (namespace, workflow_id, version))
             if version is not None
-            else (_WORKFLOW_LATEST, (workflow_id,))
+            else (_WORKFLOW_LATEST, (namespace, workflow_id))
         )
         return await self._read_job(lambda c: _first(_workflow, c.execute(sql, args)))
 
     async def count_queued(self) -> int:
         return await self._read_job(lambda c: int(c.execute(_COUNT_QUEUED).fetchone()[0]))
 
-    async def run_by_idempotency_key(self, key: str) -> StoredRun | None:
-        return await self._read_job(lambda c: _first(_run, c.execute(_RUN_BY_KEY, (key,))))
+    async def run_by_idempotency_key(
+        self, key: str, *, namespace: str = DEFAULT_NAMESPACE
+    ) -> StoredRun | None:
+        args = (namespace, key)
+        return await self._read_job(lambda c: _first(_run, c.execute(_RUN_BY_KEY, args)))
 
     async def get_run(self, run_id: str) -> StoredRun | None:
         return await self._read_job(lambda c: _first(_run, c.execute(_GET_RUN, (run_id,))))
@@ -299,18 +305,22 @@ class SqliteStore(Store):
     async def _insert_run(self, **values: Any) -> tuple[StoredRun, bool]:
         row = StoredRun.from_mapping(values)
         args = (
-            row.id, row.workflow_id, row.workflow_version, json_dumps(row.input),
+            row.id, row.namespace, row.workflow_id, row.workflow_version, json_dumps(row.input),
             json_dumps(row.config), row.idempotency_key, row.request_hash, row.created_at,
             row.fork_of, json_dumps(row.vars_patch),
         )  # fmt: skip
         try:
             await self._write_job(lambda c: _execute(c, _CREATE_RUN, args))
         except sqlite3.IntegrityError as exc:
-            return await self._taken(row.idempotency_key, row.request_hash, exc), False
+            taken = await self._taken(row.namespace, row.idempotency_key, row.request_hash, exc)
+            return taken, False
         self._announce(RunQueued(row.id))
         return row, True
 
     async def _claim(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
+        """One statement on the writer, fair across namespaces (``Leases._claim``); the
+        one writer needs no lock, so the turns need no lookahead past ``limit``."""
+
         def claim(c: sqlite3.Connection) -> list[StoredRun]:
             now = time.time()
             args = {"owner": owner, "until": now + lease_seconds, "now": now, "limit": limit}
@@ -447,32 +457,44 @@ _CANCEL_REQUESTED = "SELECT cancel_requested FROM runs WHERE id = ?"
 _LAST_SEQ = "SELECT coalesce(max(seq), 0) FROM events WHERE run_id = ?"
 _NEXT_WAKE = f"SELECT min(wake_at) FROM runs WHERE status = '{WAITING}' AND parked"
 _GET_RUN = f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ?"
-_RUN_BY_KEY = f"SELECT {_RUN_COLUMNS} FROM runs WHERE idempotency_key = ?"
+_RUN_BY_KEY = f"SELECT {_RUN_COLUMNS} FROM runs WHERE namespace = ? AND idempotency_key = ?"
 _WORKFLOW_VERSION = (
-    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE workflow_id = ? AND version = ?"
+    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions "
+    "WHERE namespace = ? AND workflow_id = ? AND version = ?"
 )
 _WORKFLOW_LATEST = (
-    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE workflow_id = ? "
-    "ORDER BY version DESC LIMIT 1"
+    f"SELECT {_WORKFLOW_COLUMNS} FROM workflow_versions WHERE namespace = ? "
+    "AND workflow_id = ? ORDER BY version DESC LIMIT 1"
 )
 _EVENTS = (
     f"SELECT {_columns(EventRow)} FROM events WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?"
 )
 _CREATE_RUN = f"""
-INSERT INTO runs (id, workflow_id, workflow_version, status, input, config,
+INSERT INTO runs (id, namespace, workflow_id, workflow_version, status, input, config,
     idempotency_key, request_hash, created_at, updated_at, epoch, claims, event_seq,
     checkpoint_seq, fork_of, vars_patch, cancel_requested, parked)
-VALUES (?1, ?2, ?3, '{QUEUED}', ?4, ?5, ?6, ?7, ?8, ?8, 0, 0, 0, 0, ?9, ?10, 0, 0)
+VALUES (?1, ?2, ?3, ?4, '{QUEUED}', ?5, ?6, ?7, ?8, ?9, ?9, 0, 0, 0, 0, ?10, ?11, 0, 0)
 """
+# a run's turn: the runs its namespace holds + its rank in it (see ``Leases._claim``)
 _CLAIM = f"""
+WITH held AS (
+    SELECT namespace, count(*) AS n FROM runs
+    WHERE owner IS NOT NULL AND status IN {_ACTIVE} AND lease_until >= :now
+    GROUP BY namespace
+), ranked AS (
+    SELECT id, namespace, created_at,
+        row_number() OVER (PARTITION BY namespace ORDER BY created_at, id) AS rank
+    FROM runs
+    WHERE status = '{QUEUED}' OR (status IN {_ACTIVE} AND lease_until < :now)
+        OR (status = '{WAITING}' AND parked AND wake_at <= :now)
+)
 UPDATE runs SET status = '{RUNNING}', owner = :owner, lease_until = :until,
     epoch = epoch + 1, claims = claims + 1, started_at = coalesce(started_at, :now),
     updated_at = :now, parked = 0, wake_at = NULL
 WHERE id IN (
-    SELECT id FROM runs
-    WHERE status = '{QUEUED}' OR (status IN {_ACTIVE} AND lease_until < :now)
-        OR (status = '{WAITING}' AND parked AND wake_at <= :now)
-    ORDER BY created_at
+    SELECT r.id FROM ranked r LEFT JOIN held h ON h.namespace = r.namespace
+    WHERE r.rank <= :limit
+    ORDER BY coalesce(h.n, 0) + r.rank, r.created_at, r.id
     LIMIT :limit
 )
 RETURNING {_RUN_COLUMNS}

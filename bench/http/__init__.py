@@ -21,6 +21,9 @@ Sections:
 ``delays``   In-process, Postgres and SQLite: 200 ``delay`` nodes of 10 ms as a fan-out
              (10 at a time) and as a chain, against the asyncio floor in the same
              process, and a single 10-node run on an idle service (issue 11's targets).
+``auth``     End to end as ``http`` (POST + SSE), with API keys off, on, and on with rate
+             limits, interleaved, on Postgres and SQLite: what authentication costs a run
+             in server CPU (issue 12's target: < 5%).
 
 ``python -m bench.redis`` goes further into Redis: what it costs a run over more rounds,
 the cost of /metrics scraping under load, and live events across replicas.
@@ -32,8 +35,8 @@ waits for the machine's 1-minute load average to fall below 1.0 first. Progress 
 to stderr, tables to stdout.
 
 One module per table: durable.py (1), per_node.py (2), endtoend.py (3, 4), targets.py
-(5), delays.py (6); inprocess.py and langgraph_peer.py are the two runners of table 1, cli.py the
-command line. What other benchmarks share is in bench.support.
+(5), delays.py (6), auth.py (7); inprocess.py and langgraph_peer.py are the two runners
+of table 1, cli.py the command line. What other benchmarks share is in bench.support.
 """
 
 from bench.http.inprocess import (

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 
 import bench.http
+from bench.http.auth import section_auth
 from bench.http.delays import section_delays
 from bench.http.durable import section_durable
 from bench.http.endtoend import section_http
@@ -19,7 +20,7 @@ from bench.support.databases import postgres_ready
 from bench.support.machine import log, version, wait_for_quiet
 from bench.support.tables import emit
 
-SECTIONS = ("durable", "http", "delays")
+SECTIONS = ("durable", "http", "delays", "auth")
 QUICK = "smaller batches, one repetition"
 
 
@@ -81,6 +82,8 @@ async def run(args: argparse.Namespace) -> None:
         began = time.perf_counter()
         if section == "delays":
             tables = await section_delays(args)
+        elif section == "auth":
+            tables = await section_auth(args)
         else:
             measure = section_durable if section == "durable" else section_http
             tables = await measure(args, results)

@@ -94,7 +94,9 @@ async def run_batch(total: int, pool: Sequence[C], one: Callable[[C], Awaitable[
 
 
 @contextlib.asynccontextmanager
-async def clients(base_url: str, n: int = CLIENTS) -> AsyncIterator[list[httpx.AsyncClient]]:
+async def clients(
+    base_url: str, n: int = CLIENTS, headers: dict[str, str] | None = None
+) -> AsyncIterator[list[httpx.AsyncClient]]:
     """``n`` clients of one keep-alive connection each. (One client with a pool of ``n``
     connections does the same requests, but httpcore's pool scans all of its
     connections, polling each socket, on every request and response: with 100 of them
@@ -104,15 +106,22 @@ async def clients(base_url: str, n: int = CLIENTS) -> AsyncIterator[list[httpx.A
     async with contextlib.AsyncExitStack() as stack:
         yield [
             await stack.enter_async_context(
-                httpx.AsyncClient(base_url=base_url, limits=limits, timeout=httpx.Timeout(60.0))
+                httpx.AsyncClient(
+                    base_url=base_url,
+                    limits=limits,
+                    timeout=httpx.Timeout(60.0),
+                    headers=headers,
+                )
             )
             for _ in range(n)
         ]
 
 
-async def post_workflow(base_url: str, raw: dict[str, object]) -> str:
+async def post_workflow(
+    base_url: str, raw: dict[str, object], headers: dict[str, str] | None = None
+) -> str:
     """Register a workflow; its id."""
-    async with httpx.AsyncClient(base_url=base_url, timeout=30.0) as client:
+    async with httpx.AsyncClient(base_url=base_url, timeout=30.0, headers=headers) as client:
         response = await client.post("/v1/workflows", json=raw)
         response.raise_for_status()
         return str(response.json()["id"])

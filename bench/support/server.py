@@ -81,6 +81,8 @@ async def serve(
         **os.environ,
         "FLOWCORE_DATABASE_URL": database_url,
         "FLOWCORE_REPLICA_ID": f"bench-{name}-{port}",
+        # API keys off but where a row turns them on (bench.http --only auth)
+        "FLOWCORE_AUTH": "disabled",
         **env,
     }
     if "FLOWCORE_REDIS_URL" not in env:  # on Redis only where a row asks for it

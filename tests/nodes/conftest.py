@@ -5,6 +5,9 @@
   and every accepted connection, so a test can assert that nothing reached it.
 - the shared HTTP client of ``app.nodes.http`` is closed after every test, because
   each test runs on its own event loop.
+- every test starts with no operator egress policy installed (the engine used as a
+  library), whatever a service test in the same process installed; a test may install
+  one, and it is taken away afterwards.
 """
 
 from __future__ import annotations
@@ -12,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
+from app.nodes.egress import install_egress_policy, installed_egress_policy
 from app.nodes.http import aclose_http_client
 
 
@@ -159,6 +163,14 @@ class LocalHTTPServer:
 async def _close_shared_http_client() -> AsyncIterator[None]:
     yield
     await aclose_http_client()
+
+
+@pytest.fixture(autouse=True)
+def _no_egress_policy() -> Iterator[None]:
+    previous = installed_egress_policy()
+    install_egress_policy(None)
+    yield
+    install_egress_policy(previous)
 
 
 @pytest.fixture

@@ -14,7 +14,14 @@ from typing import Any
 
 import pytest
 
-from app.engine import RunResult, RunStatus, WorkflowExecutor, create_workflow, validate_workflow
+from app.engine import (
+    InMemorySecrets,
+    RunResult,
+    RunStatus,
+    WorkflowExecutor,
+    create_workflow,
+    validate_workflow,
+)
 from app.nodes import egress as egress_module
 from app.nodes import http as http_module
 from app.nodes.egress import IPAddress, TargetPolicy, forbidden_reason
@@ -361,15 +368,23 @@ async def test_cross_origin_redirect_drops_credentials(http_server: LocalHTTPSer
     http_server.route("/landing", lambda _: json_reply({}))
     config = {
         "url": http_server.url("/hop"),
-        "headers": {"Authorization": "Bearer s3cret", "X-Trace": "t1"},
+        # a header that carries a secret is a credential too, whatever its name
+        "headers": {
+            "Authorization": "Bearer {{ secrets.TOKEN }}",
+            "X-Signature": "{{ secrets.SIGNATURE }}",
+            "X-Trace": "t1",
+        },
         "allow_hosts": ["127.0.0.1", "localhost"],
     }
+    executor = WorkflowExecutor(secrets=InMemorySecrets({"TOKEN": "s3cret", "SIGNATURE": "sig"}))
 
-    output(await run(config))
+    output(await executor.execute(create_workflow(http_workflow(config))))
 
     first, second = http_server.requests
     assert first.headers["authorization"] == "Bearer s3cret"
+    assert first.headers["x-signature"] == "sig"
     assert "authorization" not in second.headers
+    assert "x-signature" not in second.headers
     assert second.headers["x-trace"] == "t1"
     assert second.headers["host"] == f"localhost:{http_server.port}"
 

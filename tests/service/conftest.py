@@ -106,6 +106,8 @@ def make_settings(database_url: str) -> MakeSettings:
             "heartbeat_seconds": 0.5,
             "lease_seconds": 3,
             "event_flush_seconds": 0.05,
+            # the access tests turn API keys on (tests/service/test_access.py)
+            "auth": "disabled",
         }
         values.update(overrides)
         return Settings(**values)

@@ -23,6 +23,7 @@ from app.config import Settings
 from app.engine import Event, EventType
 from app.redis_link import RedisLink
 from app.runtime import streams
+from app.runtime.access import ANONYMOUS
 from app.runtime.streams import EventStreams
 from app.store.models import EventRow, Run
 from app.store.notifications import (
@@ -32,6 +33,7 @@ from app.store.notifications import (
     RunFinished,
     RunQueued,
 )
+from app.store.records import DEFAULT_NAMESPACE
 from tests.redis_support import RedisServer, require_redis, unique_prefix
 
 #: generous: a deadline for things that normally take milliseconds
@@ -352,7 +354,9 @@ class EventLog:
         return [r for r in self.rows if r.run_id == run_id and r.seq > after_seq][:limit]
 
     async def get_run(self, run_id: str) -> Run | None:
-        return Run(id=run_id, status=self.status) if run_id == self.run_id else None
+        if run_id != self.run_id:
+            return None
+        return Run(id=run_id, status=self.status, namespace=DEFAULT_NAMESPACE)
 
     async def last_event_seq(self, run_id: str) -> int:
         return max((r.seq for r in self.rows if r.run_id == run_id), default=0)
@@ -370,7 +374,7 @@ async def test_an_sse_stream_on_one_replica_tails_a_run_on_another_live(
     frames: list[bytes] = []
 
     async def read() -> None:
-        async for frame in events.stream("r1", 0, SSE):
+        async for frame in await events.open(ANONYMOUS, "r1", 0, SSE):
             frames.append(frame)
 
     reader = asyncio.get_running_loop().create_task(read())

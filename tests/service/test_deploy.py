@@ -104,7 +104,8 @@ def test_prometheus_scrapes_the_compose_replicas() -> None:
     for target in targets:
         host, port = target.split(":")
         assert host in services, target
-        assert services[host]["environment"]["FLOWCORE_PORT"] == port
+        # the metrics listener: the API's own /metrics needs a key
+        assert services[host]["environment"]["FLOWCORE_METRICS_PORT"] == port
 
 
 def test_the_kubernetes_manifests_agree_with_the_app() -> None:

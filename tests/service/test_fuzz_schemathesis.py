@@ -68,6 +68,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 import schemathesis
+from cryptography.fernet import Fernet
 from schemathesis.checks import CHECKS
 from schemathesis.engine import Status, events, from_schema
 from schemathesis.engine.recorder import ScenarioRecorder
@@ -481,7 +482,8 @@ def test_schemathesis_finds_no_failure(
     make_settings: MakeSettings, serve_process: ServeProcess
 ) -> None:
     # ?wait=N blocks at most this long: generated waits must not outlast the request timeout
-    settings = make_settings(max_wait_seconds=2.0)
+    # a secret key, so that the secrets API is served (without one it is a 503)
+    settings = make_settings(max_wait_seconds=2.0, secret_key=Fernet.generate_key().decode())
     with serve_process(settings) as server:
         seeded = seed(server.base_url)
         findings, tested = run_schemathesis(server.base_url, seeded)

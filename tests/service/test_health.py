@@ -34,6 +34,13 @@ REST_TABLE = {
     ("get", "/v1/runs/{run_id}/checkpoints"),
     ("get", "/v1/checkpoints/{checkpoint_id}"),
     ("post", "/v1/checkpoints/{checkpoint_id}/resume"),
+    ("put", "/v1/secrets/{name}"),
+    ("get", "/v1/secrets"),
+    ("delete", "/v1/secrets/{name}"),
+    ("post", "/v1/keys"),
+    ("get", "/v1/keys"),
+    ("delete", "/v1/keys/{key_id}"),
+    ("get", "/v1/audit"),
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/readyz"),
@@ -69,6 +76,7 @@ async def test_readyz_is_503_on_a_database_that_is_not_migrated(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'never-migrated.db'}",
         replica_id=f"test-{uuid.uuid4().hex[:8]}",
         dispatcher_enabled=False,
+        auth="disabled",
     )
     async with serve(settings) as client:
         assert (await client.get("/healthz")).status_code == 200

@@ -7,12 +7,23 @@ import dataclasses
 
 import pytest
 
-from app.store.models import CheckpointRow, EventRow, NodeResultRow, Run, SignalRow, WorkflowVersion
+from app.store.models import (
+    AuditRow,
+    CheckpointRow,
+    EventRow,
+    NodeResultRow,
+    Run,
+    SecretRow,
+    SignalRow,
+    WorkflowVersion,
+)
 from app.store.records import (
+    StoredAudit,
     StoredCheckpoint,
     StoredEvent,
     StoredNodeResult,
     StoredRun,
+    StoredSecret,
     StoredSignal,
     StoredWorkflow,
 )
@@ -24,6 +35,8 @@ PAIRS = [
     (StoredCheckpoint, CheckpointRow),
     (StoredNodeResult, NodeResultRow),
     (StoredSignal, SignalRow),
+    (StoredAudit, AuditRow),
+    (StoredSecret, SecretRow),
 ]
 
 

@@ -42,6 +42,7 @@ READY_DEADLINE = 30.0
 #: what the durability tests run with: short leases, so a dead replica's runs are taken
 #: over within seconds
 SERVER_ENV = {
+    "FLOWCORE_AUTH": "disabled",
     "FLOWCORE_LEASE_SECONDS": "2",
     "FLOWCORE_HEARTBEAT_SECONDS": "0.5",
     "FLOWCORE_POLL_SECONDS": "0.2",

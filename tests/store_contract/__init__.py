@@ -8,6 +8,12 @@ and Procrastinate's in-memory twin: one suite, every implementation
   nothing).
 - ``progress``: events after a sequence, checkpoints, node results, signals and parked
   runs, cancel and resume, the notifications of the store's writes.
+- ``audit``: the audit log: entries as appended, newest first, paging, namespaces,
+  filters.
+- ``namespaces``: workflow ids, runs, lists and idempotency keys per namespace; API
+  keys.
+- ``secrets``: put (create, replace), list, read ciphertexts, delete, and the walk with
+  compare-and-set replacement that key rotation uses.
 
 The lifecycle's table is walked move by move in tests/service/test_lifecycle.py, not
 here. ``bench`` holds what a check works with."""
@@ -20,10 +26,20 @@ from app.store import Store, open_store
 
 # the checks' asserts say what they compared, as a test module's do
 pytest.register_assert_rewrite(
-    *(f"{__name__}.{m}" for m in ("bench", "catalog", "queue", "progress"))
+    *(
+        f"{__name__}.{m}"
+        for m in ("bench", "catalog", "queue", "progress", "audit", "secrets", "namespaces")
+    )
 )
 
-from tests.store_contract import catalog, progress, queue  # noqa: E402
+from tests.store_contract import (  # noqa: E402
+    audit,
+    catalog,
+    namespaces,
+    progress,
+    queue,
+    secrets,
+)
 from tests.store_contract.bench import Bench, Check, Factory, open_bench  # noqa: E402
 
 #: every implementation of the store, each checked by the whole suite: one line per new one
@@ -38,7 +54,14 @@ IMPLEMENTATIONS: dict[str, Factory] = {
 #: unsorted; they are sorted now)
 KNOWN_FAILURES: dict[tuple[str, str, str], str] = {}
 
-CHECKS: list[Check] = [*catalog.CHECKS, *queue.CHECKS, *progress.CHECKS]
+CHECKS: list[Check] = [
+    *catalog.CHECKS,
+    *queue.CHECKS,
+    *progress.CHECKS,
+    *audit.CHECKS,
+    *namespaces.CHECKS,
+    *secrets.CHECKS,
+]
 
 
 def known_failure(check: Check, bench: Bench) -> str | None:

@@ -79,6 +79,67 @@ async def concurrent_claims_never_share_a_run(bench: Bench) -> None:
             assert (stored.owner, stored.epoch) == (run.owner, 1)
 
 
+# ------------------------------------------------------------------- fairness
+
+
+async def in_namespaces(bench: Bench, runs: dict[str, tuple[str, float]]) -> None:
+    """Queued runs: run id -> (its namespace, when it was created)."""
+    workflow = await bench.workflow()
+    for run_id, (namespace, at) in runs.items():
+        await bench.run(run_id, workflow)
+        await bench.set_run(run_id, namespace=namespace, created_at=at)
+
+
+@check
+async def claims_are_fair_across_namespaces(bench: Bench) -> None:
+    # "a" queued 40 runs before "b" queued 2: b's first one is claimed in a's first
+    # claim all the same, then each takes its turn, oldest first among equal turns
+    runs = {f"a{i:02}": ("a", 100.0 + i) for i in range(40)}
+    runs |= {"b0": ("b", 500.0), "b1": ("b", 501.0)}
+    await in_namespaces(bench, runs)
+    store = bench.store
+    assert [run.id for run in await store.claim_runs("A", 30, 2)] == ["a00", "b0"]
+    # a now holds one run and b one: a01 (a's 2nd turn) and b1 (b's 2nd), then a's
+    assert [run.id for run in await store.claim_runs("A", 30, 3)] == ["a01", "a02", "b1"]
+    assert [run.id for run in await store.claim_runs("A", 30, 2)] == ["a03", "a04"]
+    assert await store.count_queued() == 35
+
+
+@check
+async def a_namespace_holding_runs_waits_for_the_others(bench: Bench) -> None:
+    # one claim at a time (a replica's slot freeing up): "a" already runs 3 runs, so
+    # "b"'s newer run comes before a's older queued ones; runs whose lease ran out are
+    # not held by anyone (and are claimable again)
+    await in_namespaces(bench, {f"a{i}": ("a", 100.0 + i) for i in range(6)})
+    store = bench.store
+    held = await store.claim_runs("A", 30, 3)
+    assert [run.id for run in held] == ["a0", "a1", "a2"]
+    await in_namespaces(bench, {"b0": ("b", 900.0)})
+    assert [run.id for run in await store.claim_runs("B", 30, 1)] == ["b0"]
+    assert [run.id for run in await store.claim_runs("B", 30, 1)] == ["a3"]
+    for run in held:
+        await bench.expire(run.id)
+    await in_namespaces(bench, {"c0": ("c", 1000.0)})
+    # a holds a3 only now: c0's first turn comes before a0's second
+    assert [run.id for run in await store.claim_runs("C", 30, 1)] == ["c0"]
+    assert [run.id for run in await store.claim_runs("C", 30, 1)] == ["a0"]
+
+
+@check
+async def concurrent_fair_claims_each_find_runs(bench: Bench) -> None:
+    # replicas woken together each claim runs (none comes back empty-handed while
+    # enough are queued), never the same one, and the claims still share fairly
+    runs = {f"a{i:02}": ("a", 100.0 + i) for i in range(20)}
+    runs |= {f"b{i}": ("b", 500.0 + i) for i in range(4)}
+    await in_namespaces(bench, runs)
+    store = bench.store
+    batches = await asyncio.gather(*(store.claim_runs(f"owner-{i}", 30, 2) for i in range(4)))
+    assert [len(batch) for batch in batches] == [2, 2, 2, 2]
+    claimed = [run.id for batch in batches for run in batch]
+    assert len(set(claimed)) == 8
+    assert sum(run_id.startswith("b") for run_id in claimed) >= 2
+
+
 @check
 async def an_expired_lease_is_taken_over_with_a_higher_epoch(bench: Bench) -> None:
     store = bench.store
