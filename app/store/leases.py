@@ -6,7 +6,19 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import (
+    CompoundSelect,
+    Select,
+    Subquery,
+    and_,
+    func,
+    literal,
+    or_,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.orm import aliased
 from sqlalchemy.sql.expression import ColumnElement
 
 from app.store.base import (
@@ -33,12 +45,99 @@ from app.store.records import StoredRun
 CLAIM_LOOKAHEAD = 1000
 
 
+#: the most SELECTs one UNION ALL joins (SQLite refuses a compound SELECT of 500)
+_UNION_TERMS = 100
+
+
 def _claimable(now: Any) -> ColumnElement[bool]:
     """Queued runs, active ones whose lease expired, parked ones that are due."""
     return or_(
         Run.status == QUEUED,
         and_(Run.status.in_(ACTIVE), Run.lease_until < now),
         and_(Run.status == WAITING, Run.parked.is_(True), Run.wake_at <= now),
+    )
+
+
+def _stale(now: Any) -> ColumnElement[bool]:
+    """The claimable runs that are not queued, found through their indexes: active runs
+    whose lease expired (``ix_runs_owner``: a lease is an owner and an until, set and
+    cleared together) and parked runs that are due (``ix_runs_wake``)."""
+    return or_(
+        and_(Run.owner.is_not(None), Run.status.in_(ACTIVE), Run.lease_until < now),
+        and_(Run.status == WAITING, Run.parked.is_(True), Run.wake_at <= now),
+    )
+
+
+def _queued_namespaces() -> Select[str]:
+    """The namespaces that have queued runs, walked from one to the next from ''
+    (below every string): one probe of ``ix_runs_queue`` each (a loose index scan), not
+    a read of every queued run. '' itself may come out: it has no queued runs then."""
+    after = aliased(Run)
+    walk = select(literal("").label("namespace")).cte("walk", recursive=True)
+    walk = walk.union_all(
+        select(
+            select(after.namespace)
+            .where(after.status == QUEUED, after.namespace > walk.c.namespace)
+            .order_by(after.namespace)
+            .limit(1)
+            .scalar_subquery()
+        ).where(walk.c.namespace.is_not(None))
+    )
+    return select(walk.c.namespace).where(walk.c.namespace.is_not(None))
+
+
+def _union_all(
+    selects: list[Select[*tuple[Any, ...]]],
+) -> CompoundSelect[*tuple[Any, ...]]:
+    """UNION ALL of ``selects``, nested so that no compound joins more than
+    ``_UNION_TERMS``."""
+    while len(selects) > _UNION_TERMS:
+        selects = [
+            select(union_all(*selects[i : i + _UNION_TERMS]).subquery())
+            for i in range(0, len(selects), _UNION_TERMS)
+        ]
+    return union_all(*selects)
+
+
+def _fair_order(now: Any, namespaces: Sequence[str], depth: int) -> Subquery:
+    """The first ``depth`` places of the fair order (see ``Leases._claim``): the turns of
+    the stale runs and of the first ``depth`` queued runs of each of ``namespaces``, each
+    read from the head of its queue (``ix_runs_queue``)."""
+    columns = (Run.id, Run.namespace, Run.created_at)
+    heads = [
+        select(*columns)
+        .where(Run.status == QUEUED, Run.namespace == namespace)
+        .order_by(Run.created_at, Run.id)
+        .limit(depth)
+        .subquery()
+        for namespace in namespaces
+    ]
+    claimable = _union_all(
+        [select(*columns).where(_stale(now)), *(select(head) for head in heads)]
+    ).subquery("claimable")
+    ranked = select(
+        claimable,
+        func.row_number()
+        .over(
+            partition_by=claimable.c.namespace,
+            order_by=(claimable.c.created_at, claimable.c.id),
+        )
+        .label("rank"),
+    ).subquery("ranked")
+    held = (
+        select(Run.namespace, func.count().label("n"))
+        .where(Run.owner.is_not(None), Run.status.in_(ACTIVE), Run.lease_until >= now)
+        .group_by(Run.namespace)
+        .subquery("held")
+    )
+    turn = (func.coalesce(held.c.n, 0) + ranked.c.rank).label("turn")
+    return (
+        select(ranked.c.id, ranked.c.created_at, turn)
+        .select_from(ranked.outerjoin(held, held.c.namespace == ranked.c.namespace))
+        .where(ranked.c.rank <= depth)
+        .order_by(turn, ranked.c.created_at, ranked.c.id)
+        .limit(depth)
+        .subquery("fair")
     )
 
 
@@ -65,37 +164,16 @@ class Leases(StoreBase):
         a namespace's single run still comes next. With one namespace this is oldest
         first. ``FOR UPDATE SKIP LOCKED`` keeps replicas from claiming the same run; a
         claim looks ``CLAIM_LOOKAHEAD`` runs past ``limit`` in this order for ones that
-        replicas claiming at the same time have not locked."""
+        replicas claiming at the same time have not locked.
+
+        Only the head of each namespace's queue is ranked: a run past the first N queued
+        runs of its namespace has a turn past N, so the first N places of the order are
+        among those and the stale runs (see ``_fair_order``)."""
         now = db_now(self.engine)
-        lookahead = limit + CLAIM_LOOKAHEAD
-        held = (
-            select(Run.namespace, func.count().label("n"))
-            .where(Run.owner.is_not(None), Run.status.in_(ACTIVE), Run.lease_until >= now)
-            .group_by(Run.namespace)
-            .subquery("held")
-        )
-        ranked = (
-            select(
-                Run.id,
-                Run.namespace,
-                Run.created_at,
-                func.row_number()
-                .over(partition_by=Run.namespace, order_by=(Run.created_at, Run.id))
-                .label("rank"),
-            )
-            .where(_claimable(now))
-            .subquery("ranked")
-        )
-        turn = (func.coalesce(held.c.n, 0) + ranked.c.rank).label("turn")
-        fair = (
-            select(ranked.c.id, ranked.c.created_at, turn)
-            .select_from(ranked.outerjoin(held, held.c.namespace == ranked.c.namespace))
-            .where(ranked.c.rank <= lookahead)
-            .order_by(turn, ranked.c.created_at, ranked.c.id)
-            .limit(lookahead)
-            .subquery("fair")
-        )
+        depth = limit + CLAIM_LOOKAHEAD
         async with self._write() as session:
+            namespaces = list((await session.execute(_queued_namespaces())).scalars())
+            fair = _fair_order(now, namespaces, depth)
             ids = list(
                 (
                     await session.execute(

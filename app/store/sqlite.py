@@ -318,8 +318,9 @@ class SqliteStore(Store):
         return row, True
 
     async def _claim(self, owner: str, lease_seconds: float, limit: int) -> list[StoredRun]:
-        """One statement on the writer, fair across namespaces (``Leases._claim``); the
-        one writer needs no lock, so the turns need no lookahead past ``limit``."""
+        """One statement on the writer, fair across namespaces (``Leases._claim``) from
+        the head of each namespace's queue (see ``_CLAIM``); the one writer needs no
+        lock, so the turns need no lookahead past ``limit``."""
 
         def claim(c: sqlite3.Connection) -> list[StoredRun]:
             now = time.time()
@@ -475,18 +476,42 @@ INSERT INTO runs (id, namespace, workflow_id, workflow_version, status, input, c
     checkpoint_seq, fork_of, vars_patch, cancel_requested, parked)
 VALUES (?1, ?2, ?3, ?4, '{QUEUED}', ?5, ?6, ?7, ?8, ?9, ?9, 0, 0, 0, 0, ?10, ?11, 0, 0)
 """
-# a run's turn: the runs its namespace holds + its rank in it (see ``Leases._claim``)
+# a run's turn: the runs its namespace holds + its rank in it (see ``Leases._claim``).
+# A run past the first :limit of its namespace's queue has a turn past :limit, so the
+# candidates are the first :limit queued runs of each namespace, read from the head of
+# ``ix_runs_queue`` (``walk`` finds the namespaces that have queued runs, one index probe
+# each, each the next after the last from '', below every string), and the stale runs,
+# which are few: leases that ran out (a lease is an owner and an until, set and cleared
+# together) and parked runs that are due. INDEXED BY: SQLite has no statistics here and
+# would take the status index, reading every waiting run
 _CLAIM = f"""
-WITH held AS (
-    SELECT namespace, count(*) AS n FROM runs
-    WHERE owner IS NOT NULL AND status IN {_ACTIVE} AND lease_until >= :now
-    GROUP BY namespace
+WITH RECURSIVE walk (namespace) AS (
+    SELECT ''
+    UNION ALL
+    SELECT (SELECT r.namespace FROM runs r WHERE r.status = '{QUEUED}'
+        AND r.namespace > walk.namespace ORDER BY r.namespace LIMIT 1)
+    FROM walk WHERE walk.namespace IS NOT NULL
+), claimable AS (
+    SELECT runs.id, runs.namespace, runs.created_at FROM walk JOIN runs
+    ON runs.rowid IN (
+        SELECT head.rowid FROM runs head
+        WHERE head.status = '{QUEUED}' AND head.namespace = walk.namespace
+        ORDER BY head.created_at, head.id LIMIT :limit
+    )
+    UNION
+    SELECT id, namespace, created_at FROM runs INDEXED BY ix_runs_owner
+    WHERE owner IS NOT NULL AND status IN {_ACTIVE} AND lease_until < :now
+    UNION
+    SELECT id, namespace, created_at FROM runs INDEXED BY ix_runs_wake
+    WHERE status = '{WAITING}' AND parked AND wake_at <= :now
 ), ranked AS (
     SELECT id, namespace, created_at,
         row_number() OVER (PARTITION BY namespace ORDER BY created_at, id) AS rank
-    FROM runs
-    WHERE status = '{QUEUED}' OR (status IN {_ACTIVE} AND lease_until < :now)
-        OR (status = '{WAITING}' AND parked AND wake_at <= :now)
+    FROM claimable
+), held AS (
+    SELECT namespace, count(*) AS n FROM runs INDEXED BY ix_runs_owner
+    WHERE owner IS NOT NULL AND status IN {_ACTIVE} AND lease_until >= :now
+    GROUP BY namespace
 )
 UPDATE runs SET status = '{RUNNING}', owner = :owner, lease_until = :until,
     epoch = epoch + 1, claims = claims + 1, started_at = coalesce(started_at, :now),

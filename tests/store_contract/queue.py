@@ -5,7 +5,8 @@ lease that moved on raises LeaseLost and changes nothing."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import pytest
 
@@ -123,6 +124,56 @@ async def a_namespace_holding_runs_waits_for_the_others(bench: Bench) -> None:
     # a holds a3 only now: c0's first turn comes before a0's second
     assert [run.id for run in await store.claim_runs("C", 30, 1)] == ["c0"]
     assert [run.id for run in await store.claim_runs("C", 30, 1)] == ["a0"]
+
+
+def claimed_ids(claimed: Iterable[Any]) -> list[str]:
+    """The ids of runs a claim returned, sorted (runs created at once come in any order)."""
+    return sorted(run.id for run in claimed)
+
+
+@check
+async def stale_runs_take_their_turns_among_queued_ones(bench: Bench) -> None:
+    # a run whose lease ran out and a parked run that is due rank by age among their
+    # namespace's queued runs, a namespace may have only such runs, and a run held on a
+    # live lease counts for its namespace: all in one claim
+    runs = {f"a{i:02}": ("a", 100.0 + i) for i in range(10)}
+    runs |= {"ax": ("a", 50.0), "ap": ("a", 105.5), "cp": ("c", 900.0)}
+    runs |= {"bh": ("b", 10.0), "bx": ("b", 200.0), "b0": ("b", 300.0)}
+    runs |= {f"d{i}": ("d", 400.0) for i in (2, 1, 3)}  # created at once: ranked by id
+    await in_namespaces(bench, runs)
+    store = bench.store
+    now = await store.now()
+    for run_id in ("ax", "bx"):  # their replica paused past the lease
+        await bench.set_run(run_id, status="running", owner="gone", lease_until=now - 60, epoch=1)
+    await bench.set_run("bh", status="running", owner="alive", lease_until=now + 600, epoch=1)
+    for run_id in ("ap", "cp"):
+        await bench.set_run(run_id, status="waiting", parked=True, wake_at=now - 1)
+    # turns: ax cp d1 (1), a00 bx d2 (2), a01 b0 d3 (3), a02 (4) .. a05 (7), ap (8), a06
+    assert claimed_ids(await store.claim_runs("A", 30, 4)) == ["a00", "ax", "cp", "d1"]
+    # a holds 2, b 1 (bx's lease ran out), c and d 1: bx d2 (2), a01 b0 d3 (3), a02 (4)
+    assert claimed_ids(await store.claim_runs("A", 30, 5)) == ["a01", "b0", "bx", "d2", "d3"]
+    # a holds 3: a02 (4) .. a05 (7), then the parked one, before a06 (9)
+    assert claimed_ids(await store.claim_runs("A", 30, 5)) == ["a02", "a03", "a04", "a05", "ap"]
+    assert await store.count_queued() == 4
+    for run_id, epoch in (("bx", 2), ("ap", 1)):
+        run = await store.get_run(run_id)
+        assert run is not None
+        assert (run.status, run.owner, run.epoch, run.parked, run.wake_at) == (
+            "running", "A", epoch, False, None
+        )  # fmt: skip
+
+
+@check
+async def runs_created_at_once_take_their_turns_by_id(bench: Bench) -> None:
+    # the head of a queue may be several runs created at the same instant, stored in
+    # another order than their ids'
+    await in_namespaces(bench, {"e2": ("e", 50.0), "e1": ("e", 50.0), "e0": ("e", 50.0)})
+    await in_namespaces(bench, {"f0": ("f", 60.0)})
+    store = bench.store
+    assert claimed_ids(await store.claim_runs("A", 30, 1)) == ["e0"]
+    assert claimed_ids(await store.claim_runs("A", 30, 1)) == ["f0"]
+    assert claimed_ids(await store.claim_runs("A", 30, 1)) == ["e1"]
+    assert claimed_ids(await store.claim_runs("A", 30, 5)) == ["e2"]
 
 
 @check
