@@ -191,8 +191,18 @@ class PostgresStore(Store):
         """One statement: the fair order of ``Leases._claim`` from the head of each
         namespace's queue (see ``_pg_claim``), lock, claim and return the rows."""
         pool = await self._pg()
-        records = await pool.fetch(_pg_claim(int(limit)), owner, lease_seconds)
-        return [StoredRun.from_mapping(record) for record in records]
+        claimed: list[StoredRun] = []
+        left = int(limit)
+        while left > 0:
+            # a power of two at a time: a handful of statements for every limit (the
+            # prepared-statement cache keeps them and the hot path's), not one per limit
+            size = 1 << (left.bit_length() - 1)
+            records = await pool.fetch(_pg_claim(size), owner, lease_seconds)
+            claimed += [StoredRun.from_mapping(record) for record in records]
+            if len(records) < size:
+                break
+            left -= size
+        return claimed
 
     async def _heartbeat(
         self, owner: str, leases: list[Lease], lease_seconds: float
@@ -478,8 +488,8 @@ def _pg_claim(limit: int) -> str:
     ``limit`` is written into the statement rather than sent as a parameter: the plan
     Postgres keeps for a prepared statement then knows it (it plans a LIMIT parameter as
     a tenth of the rows it limits, which on a long queue is thousands), so that plan is
-    reused instead of planning each claim anew. One statement per limit a replica asks
-    for."""
+    reused instead of planning each claim anew. ``_claim`` asks for powers of two only,
+    so a replica prepares a handful of these."""
     depth = limit + CLAIM_LOOKAHEAD
     return f"""{_PG_CLAIM_SOURCES}
 UPDATE runs SET status = '{RUNNING}', owner = $1, lease_until = {_PG_NOW} + $2,
