@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import random
 import time
 from typing import Any
@@ -172,7 +173,7 @@ class NodeAttempts(Frontier):
                     return result
             elif kind in _NOT_RETRIED:
                 return result  # the same call fails the same way; retrying only delays
-            delay = _backoff(policy, shared.config.retry_delay, attempt)
+            delay = _backoff(policy, shared.config.retry_delay, attempt, result.exception)
             shared.emit(
                 EventType.NODE_RETRY,
                 event_id,
@@ -248,11 +249,19 @@ _DEFAULT_RETRY = RetryPolicy()
 _NOT_RETRIED = frozenset({"circuit_open", "config", "forbidden_target", "input", "output"})
 
 
-def _backoff(policy: RetryPolicy, default_delay: float, attempt: int) -> float:
+def _backoff(
+    policy: RetryPolicy, default_delay: float, attempt: int, error: BaseException | None = None
+) -> float:
+    """The policy's delay before retry ``attempt``; longer when the error says how long
+    the other side asked to wait (a ``retry_after`` in seconds: HTTP ``Retry-After``),
+    never past ``max_delay``."""
     base = policy.delay if policy.delay is not None else default_delay
     delay = base * policy.backoff ** (attempt - 1)
     if policy.jitter:
         delay *= 1 + random.uniform(-policy.jitter, policy.jitter)
+    hint = getattr(error, "retry_after", None)
+    if isinstance(hint, int | float) and not isinstance(hint, bool) and math.isfinite(hint):
+        delay = max(delay, float(hint))
     return max(min(delay, policy.max_delay), 0.0)
 
 

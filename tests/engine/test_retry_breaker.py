@@ -58,6 +58,16 @@ class KindError(Exception):
         self.kind = kind
 
 
+class HintError(Exception):
+    """A failure that says how long to wait, as an HTTP 429's Retry-After does."""
+
+    kind = "execution"
+
+    def __init__(self, retry_after: Any) -> None:
+        super().__init__(f"slow down for {retry_after}")
+        self.retry_after = retry_after
+
+
 class Service:
     """A fake downstream service the ``rb_service`` nodes call."""
 
@@ -161,6 +171,42 @@ async def test_retry_policy_delays_on_the_fake_clock(
     # a zero delay is not slept at all
     assert clock.sleeps == [float(d) for d in expected if d > 0]
     assert clock.now() - before == pytest.approx(sum(expected))
+
+
+@pytest.mark.parametrize(
+    ("hint", "expected"),
+    [
+        (7, [7.0]),  # longer than the policy's delay: the server's wait
+        (0.1, [1.0]),  # shorter: the policy's
+        (500, [30.0]),  # never past max_delay
+        (float("nan"), [1.0]),  # not a number of seconds: ignored
+        (True, [1.0]),
+    ],
+)
+async def test_a_retry_waits_as_long_as_the_error_asks(
+    hint: Any, expected: list[float], clock: FakeClock, sink: RecordingSink
+) -> None:
+    calls = {"n": 0}
+
+    class Hinting(BaseNode):
+        async def execute(
+            self, node_context: NodeContext, workflow_context: WorkflowContext
+        ) -> NodeResult:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise HintError(hint)
+            return NodeResult(output=1)
+
+    NodeRegistry.register("rb_hinting")(Hinting)
+    try:
+        policy = {"max_retries": 2, "delay": 1.0, "max_delay": 30.0}
+        workflow = make_workflow([node("h", "rb_hinting", retry=policy)])
+        result = await WorkflowExecutor(clock=clock, event_sinks=[sink]).execute(workflow)
+    finally:
+        NodeRegistry.unregister("rb_hinting")
+    assert result.status is RunStatus.SUCCEEDED
+    assert [delay for _, delay in retry_events(sink)] == expected
+    assert clock.sleeps == expected
 
 
 async def test_each_retry_event_names_the_attempt_delay_and_the_error(

@@ -21,6 +21,7 @@ from app.engine import (
     WorkflowExecutor,
     create_workflow,
 )
+from tests.llm_fake import FakeLLM
 from tests.nodes.conftest import LocalHTTPServer, Received, json_reply
 
 DATA = "vars.pin"
@@ -40,6 +41,7 @@ TEMPLATED_FIELDS: dict[str, set[str]] = {
     "subworkflow": {"workflow_id"},
     "memory": {"conversation", "message"},
     "http": {"url", "method", "headers", "query", "json", "body", "timeout", "expect_status"},
+    "llm": {"base_url", "model", "messages", "prompt", "system"},
 }
 
 
@@ -178,3 +180,22 @@ async def test_http_fields(http_server: LocalHTTPServer, field: str) -> None:
     }[field]
     assert DATA in sent
     assert "leaked" not in sent
+
+
+async def test_llm_fields() -> None:
+    async with FakeLLM.running() as fake:
+        base = {"base_url": fake.base_url, "allow_hosts": ["127.0.0.1"]}
+        prompted = node("llm", **base, model=TEMPLATE, system=TEMPLATE, prompt=TEMPLATE)
+        messages = [{"role": "user", "content": TEMPLATE}]
+        chat = node("llm", **base, model="m", messages=messages)
+        chat["id"] = "c"
+        result = await run([prompted, chat])
+        assert result.error is None, result.error
+        sent = {request.json()["model"]: request.json() for request in fake.requests}
+    first, second = sent[DATA], sent["m"]  # the two nodes run concurrently
+    assert first["model"] == DATA
+    assert first["messages"] == [
+        {"role": "system", "content": DATA},
+        {"role": "user", "content": DATA},
+    ]
+    assert second["messages"] == [{"role": "user", "content": DATA}]
