@@ -17,7 +17,17 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api import audit, checkpoints, events, health, keys, runs, secrets, workflows
+from app.api import (
+    audit,
+    checkpoints,
+    conversations,
+    events,
+    health,
+    keys,
+    runs,
+    secrets,
+    workflows,
+)
 from app.api.auth import Authenticate, announce_auth
 from app.api.deps import Services
 from app.api.errors import document_problems, problem
@@ -117,6 +127,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys=runtime.keys,
             limiter=runtime.limiter,
             secrets=runtime.secrets,
+            conversations=runtime.conversations,
         )
         await runtime.start()
         metrics_server = await _serve_metrics(settings)
@@ -147,6 +158,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         audit.router,
         keys.router,
         secrets.router,
+        conversations.router,
     ):
         app.include_router(router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)

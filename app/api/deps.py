@@ -13,6 +13,7 @@ from app.runtime.access import ANONYMOUS, Caller
 from app.runtime.audit import AuditLog
 from app.runtime.health import HealthService
 from app.runtime.keys import KeyService
+from app.runtime.memory import ConversationService
 from app.runtime.ratelimit import RateLimiter
 from app.runtime.runs import RunService
 from app.runtime.secrets import SecretService
@@ -35,6 +36,7 @@ class Services:
     keys: KeyService
     limiter: RateLimiter
     secrets: SecretService
+    conversations: ConversationService
 
 
 def get_services(request: Request) -> Services:

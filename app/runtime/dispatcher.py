@@ -31,7 +31,6 @@ from app.engine import (
     EventSink,
     ExecutionConfig,
     FlowcoreError,
-    InMemoryMemoryStore,
     RunResult,
     WorkflowDefinition,
     WorkflowExecutor,
@@ -43,7 +42,8 @@ from app.engine import (
 from app.observability import metrics
 from app.runtime.definitions import DefinitionCache
 from app.runtime.journal import RunJournal
-from app.runtime.scoped import NamespaceBreakers, NamespaceMemory, scoped_workflow
+from app.runtime.memory import DurableMemoryStore
+from app.runtime.scoped import NamespaceBreakers, scoped_workflow
 from app.runtime.secrets import MaskingCache, MaskingMemoryStore, SecretService
 from app.store.errors import LeaseLost
 from app.store.notifications import (
@@ -119,7 +119,6 @@ class Dispatcher:
         # shared by every run of this replica (Redis-backed ones when configured)
         self.cache = cache or ServiceCache(None, self.config.cache_size)
         self.breakers = breakers or MeteredBreakers()
-        self.memory_store = InMemoryMemoryStore()
         #: where each run's ``{{ secrets.NAME }}`` come from (None: runs have no secrets)
         self.secrets = secrets
         self.active: dict[str, ActiveRun] = {}
@@ -317,7 +316,8 @@ class Dispatcher:
         # masked in everything it writes out: the journal, the outcome, the cache, memory
         secrets = self.secrets.for_run(run.namespace) if self.secrets is not None else None
         cache = self.cache.for_workflow(scoped_workflow(run.namespace, run.workflow_id))
-        memory = NamespaceMemory(self.memory_store, run.namespace)
+        # the run's namespace's conversations, in the database: every replica's
+        memory = DurableMemoryStore(self.store, run.namespace)
         executor = WorkflowExecutor(
             self.config,
             workflows=StoreWorkflowResolver(self.store, self.config, run.namespace),

@@ -1,6 +1,7 @@
-"""One namespace's view of the shared cache, breakers and conversation memory.
+"""One namespace's view of the shared cache and breakers (its conversations are
+kept by namespace in the database: ``runtime/memory.py``).
 
-Every cache entry, breaker and conversation belongs to a namespace: a run of team A
+Every cache entry and breaker belongs to a namespace: a run of team A
 never reads what a run of team B cached or said, and a dependency failing for team B
 does not open team A's breaker.
 The namespace goes into the key. The namespace ``default`` keeps the bare keys (what a
@@ -15,8 +16,6 @@ from app.engine import (
     BreakerStatus,
     CircuitBreakerPolicy,
     CircuitBreakerStore,
-    ConversationMemory,
-    MemoryStore,
 )
 from app.store.records import DEFAULT_NAMESPACE
 
@@ -50,22 +49,3 @@ class NamespaceBreakers:
 
     async def status(self, key: str) -> BreakerStatus:
         return await self._inner.status(scoped_key(self._namespace, key))
-
-
-class NamespaceMemory:
-    """The conversations of one namespace over a shared ``MemoryStore``."""
-
-    __slots__ = ("_inner", "_namespace")
-
-    def __init__(self, inner: MemoryStore, namespace: str) -> None:
-        self._inner = inner
-        self._namespace = namespace
-
-    async def load(self, conversation_id: str) -> ConversationMemory:
-        return await self._inner.load(scoped_key(self._namespace, conversation_id))
-
-    async def save(self, conversation_id: str, memory: ConversationMemory) -> None:
-        await self._inner.save(scoped_key(self._namespace, conversation_id), memory)
-
-    async def delete(self, conversation_id: str) -> None:
-        await self._inner.delete(scoped_key(self._namespace, conversation_id))

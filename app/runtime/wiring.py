@@ -26,6 +26,7 @@ from app.runtime.definitions import DefinitionCache
 from app.runtime.dispatcher import Dispatcher
 from app.runtime.health import HealthService
 from app.runtime.keys import KeyService
+from app.runtime.memory import ConversationService
 from app.runtime.ratelimit import RateLimiter
 from app.runtime.runs import RunService
 from app.runtime.secrets import SecretBox, SecretService
@@ -57,6 +58,7 @@ class Runtime:
     keys: KeyService
     limiter: RateLimiter
     secrets: SecretService
+    conversations: ConversationService
     wakeups: RedisWakeups | None = None
     _samplers: list[Callable[[], None]] = field(default_factory=list)
     _sampling: asyncio.Task[None] | None = None
@@ -159,6 +161,7 @@ async def build(
         keys=keys,
         limiter=RateLimiter(redis),
         secrets=secrets,
+        conversations=ConversationService(store),
         wakeups=wakeups,
         _samplers=samplers,
         _sampling=sampling,

@@ -218,3 +218,48 @@ class AuditRow(Base):
     detail: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
     __table_args__ = (Index("ix_audit_log_namespace", "namespace", "id"),)
+
+
+class ConversationRow(Base):
+    """A conversation's settings and running summary; its messages and entities are
+    rows of their own. ``last_seq`` only grows: a message's ``seq`` is never reused,
+    so a paging cursor stays valid across trims and folds."""
+
+    __tablename__ = "conversations"
+
+    namespace: Mapped[str] = mapped_column(String(64), primary_key=True)
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    max_messages: Mapped[int] = mapped_column(Integer)
+    summarize_after: Mapped[int | None] = mapped_column(Integer)
+    window_size: Mapped[int] = mapped_column(Integer)
+    summary: Mapped[str | None] = mapped_column(Text)
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[float] = mapped_column(Float)
+
+
+class ConversationMessageRow(Base):
+    """A message kept verbatim in a conversation (older ones are trimmed or folded into
+    its summary)."""
+
+    __tablename__ = "conversation_messages"
+
+    namespace: Mapped[str] = mapped_column(String(64), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    role: Mapped[str] = mapped_column(String(64))
+    content: Mapped[Any] = mapped_column(JSONType)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    created_at: Mapped[float] = mapped_column(Float)
+
+
+class ConversationEntityRow(Base):
+    """The facts known about a named entity in a conversation, merged as they come."""
+
+    __tablename__ = "conversation_entities"
+
+    namespace: Mapped[str] = mapped_column(String(64), primary_key=True)
+    conversation_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    facts: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    updated_at: Mapped[float] = mapped_column(Float)

@@ -192,3 +192,73 @@ class StoredSecretInfo(_Record):
     name: str
     created_at: float
     updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConversation(_Record):
+    """A conversation's settings and running summary (its messages are rows of their
+    own); ``last_seq``: the highest message sequence it ever had."""
+
+    namespace: str
+    id: str
+    max_messages: int
+    summarize_after: int | None
+    window_size: int
+    summary: str | None
+    last_seq: int
+    created_at: float
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage(_Record):
+    """A message kept verbatim in a conversation, by sequence."""
+
+    namespace: str
+    conversation_id: str
+    seq: int
+    role: str
+    content: Any
+    meta: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEntity(_Record):
+    """The facts known about a named entity in a conversation."""
+
+    namespace: str
+    conversation_id: str
+    name: str
+    facts: dict[str, Any]
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    """A message to append to a conversation (its sequence is the store's to give)."""
+
+    role: str
+    content: Any
+    meta: dict[str, Any]
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationSettings:
+    """What a conversation keeps: at most ``max_messages`` verbatim, folding older ones
+    into its summary past ``summarize_after``, showing the last ``window_size``."""
+
+    max_messages: int
+    summarize_after: int | None
+    window_size: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredConversationState:
+    """A conversation as loaded: its row, its kept messages (oldest first, at most its
+    ``max_messages``) and its entities (by name)."""
+
+    conversation: StoredConversation
+    messages: list[StoredMessage]
+    entities: list[StoredEntity]

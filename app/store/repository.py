@@ -15,6 +15,7 @@ from app.store.base import NOTIFY_CHANNEL, Lease, Page, StoreBase
 from app.store.keys import ApiKeys
 from app.store.leases import Leases
 from app.store.logs import Logs
+from app.store.memory import ConversationRows
 from app.store.progress import Progress
 from app.store.runs import RunRows
 from app.store.secrets import SecretRows
@@ -22,7 +23,16 @@ from app.store.workflows import WorkflowRows
 
 
 class Store(
-    WorkflowRows, RunRows, Leases, Progress, Logs, AuditRows, ApiKeys, SecretRows, StoreBase
+    WorkflowRows,
+    RunRows,
+    Leases,
+    Progress,
+    Logs,
+    AuditRows,
+    ApiKeys,
+    SecretRows,
+    ConversationRows,
+    StoreBase,
 ):
     """The service's database operations: the portable implementation (SQLAlchemy),
     which ``PostgresStore`` and ``SqliteStore`` specialise on their hot paths."""

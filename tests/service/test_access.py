@@ -46,7 +46,9 @@ class Ctx:
     workflow_id: str = ""
     run_id: str = ""
     checkpoint_id: str = ""
+    conversation_id: str = ""
     made: list[str] = field(default_factory=list)
+    chat_id: str = ""
 
     async def workflow(self) -> str:
         workflow_id = unique("acc")
@@ -68,6 +70,28 @@ class Ctx:
                 return run_id, found.json()[-1]["id"]
             await _tick()
         raise AssertionError("the run never checkpointed")
+
+    async def conversation(self) -> str:
+        """A conversation a run's ``memory`` node appended to."""
+        if not self.chat_id:
+            self.chat_id = unique("chat")
+            append = {
+                "conversation": "{{ input.session }}",
+                "op": "append",
+                "message": {"role": "user", "content": "hi"},
+            }
+            definition = chain(self.chat_id, {"id": "m", "type": "memory", "config": append})
+            made = await self.admin.post("/v1/workflows", json=definition)
+            assert made.status_code == 201, made.text
+        session = unique("conv")
+        response = await self.admin.post(
+            "/v1/runs",
+            json={"workflow_id": self.chat_id, "input": {"session": session}},
+            params={"wait": 10},
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["status"] == "succeeded", response.text
+        return session
 
     async def key(self, role: str = "reader") -> str:
         response = await self.admin.post("/v1/keys", json={"role": role})
@@ -171,6 +195,12 @@ ACCESS: dict[tuple[str, str], Op] = {
     ("delete", "/v1/secrets/{name}"): Op(
         Role.ADMIN, lambda c, h: _delete_secret(c, h), (204,), True
     ),
+    ("get", "/v1/conversations/{conversation_id}"): Op(
+        Role.READER, lambda c, h: h.get(f"/v1/conversations/{c.conversation_id}"), (200,), True
+    ),
+    ("delete", "/v1/conversations/{conversation_id}"): Op(
+        Role.WRITER, lambda c, h: _forget(c, h), (204,), True
+    ),
 }
 
 
@@ -179,6 +209,10 @@ async def _delete_secret(ctx: Ctx, client: httpx.AsyncClient) -> httpx.Response:
     made = await ctx.admin.put(f"/v1/secrets/{name}", json={"value": "v"})
     assert made.status_code == 201, made.text
     return await client.delete(f"/v1/secrets/{name}")
+
+
+async def _forget(ctx: Ctx, client: httpx.AsyncClient) -> httpx.Response:
+    return await client.delete(f"/v1/conversations/{await ctx.conversation()}")
 
 
 async def _archive(ctx: Ctx, client: httpx.AsyncClient) -> httpx.Response:
@@ -265,6 +299,7 @@ async def test_the_access_matrix(
             ctx = Ctx(admin)
             ctx.workflow_id = await ctx.workflow()
             ctx.run_id, ctx.checkpoint_id = await ctx.waiting_run()
+            ctx.conversation_id = await ctx.conversation()
             failures = []
             for (method, path), op in sorted(ACCESS.items()):
                 for name, token in credentials.items():

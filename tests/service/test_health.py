@@ -41,6 +41,8 @@ REST_TABLE = {
     ("get", "/v1/keys"),
     ("delete", "/v1/keys/{key_id}"),
     ("get", "/v1/audit"),
+    ("get", "/v1/conversations/{conversation_id}"),
+    ("delete", "/v1/conversations/{conversation_id}"),
     ("get", "/healthz"),
     ("get", "/metrics"),
     ("get", "/readyz"),

@@ -10,6 +10,9 @@ import pytest
 from app.store.models import (
     AuditRow,
     CheckpointRow,
+    ConversationEntityRow,
+    ConversationMessageRow,
+    ConversationRow,
     EventRow,
     NodeResultRow,
     Run,
@@ -20,7 +23,10 @@ from app.store.models import (
 from app.store.records import (
     StoredAudit,
     StoredCheckpoint,
+    StoredConversation,
+    StoredEntity,
     StoredEvent,
+    StoredMessage,
     StoredNodeResult,
     StoredRun,
     StoredSecret,
@@ -37,6 +43,9 @@ PAIRS = [
     (StoredSignal, SignalRow),
     (StoredAudit, AuditRow),
     (StoredSecret, SecretRow),
+    (StoredConversation, ConversationRow),
+    (StoredMessage, ConversationMessageRow),
+    (StoredEntity, ConversationEntityRow),
 ]
 
 

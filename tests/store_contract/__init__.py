@@ -14,6 +14,8 @@ and Procrastinate's in-memory twin: one suite, every implementation
   keys.
 - ``secrets``: put (create, replace), list, read ciphertexts, delete, and the walk with
   compare-and-set replacement that key rotation uses.
+- ``conversations``: conversation memory: bounded appends, saves, summaries, entities,
+  paging, erasure, namespaces.
 
 The lifecycle's table is walked move by move in tests/service/test_lifecycle.py, not
 here. ``bench`` holds what a check works with."""
@@ -28,13 +30,23 @@ from app.store import Store, open_store
 pytest.register_assert_rewrite(
     *(
         f"{__name__}.{m}"
-        for m in ("bench", "catalog", "queue", "progress", "audit", "secrets", "namespaces")
+        for m in (
+            "bench",
+            "catalog",
+            "queue",
+            "progress",
+            "audit",
+            "secrets",
+            "namespaces",
+            "conversations",
+        )
     )
 )
 
 from tests.store_contract import (  # noqa: E402
     audit,
     catalog,
+    conversations,
     namespaces,
     progress,
     queue,
@@ -61,6 +73,7 @@ CHECKS: list[Check] = [
     *audit.CHECKS,
     *namespaces.CHECKS,
     *secrets.CHECKS,
+    *conversations.CHECKS,
 ]
 
 
