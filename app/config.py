@@ -15,6 +15,15 @@ from app.engine import ExecutionConfig
 #: the embedded quickstart's database: with it, on loopback, auth defaults to disabled
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./flowcore.db"
 
+#: ExecutionConfig knobs that FLOWCORE_EXECUTION may not hold, and what the service uses
+#: instead (``http_pool_size`` is not one: the shared HTTP client takes it from there)
+SERVICE_SETS_ELSEWHERE = {
+    "db_pool_size": "use FLOWCORE_DB_POOL_SIZE (and FLOWCORE_DB_MAX_OVERFLOW)",
+    "redis_pool_size": "use FLOWCORE_REDIS_POOL_SIZE",
+    "event_loop_policy": "`flowcore serve` always runs on uvloop; the knob applies to "
+    "`flowcore run` and to library use only",
+}
+
 #: a list setting: a JSON array, or comma-separated (FLOWCORE_EGRESS_ALLOW=10.0.0.0/8,api.internal)
 CommaList = Annotated[list[str], NoDecode]
 
@@ -190,6 +199,18 @@ class Settings(BaseSettings):
 
     #: execution defaults for every run (FLOWCORE_EXECUTION='{"max_parallel_nodes": 20}')
     execution: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("execution")
+    @classmethod
+    def _no_process_knob_the_service_sets_elsewhere(cls, value: dict[str, Any]) -> dict[str, Any]:
+        """ExecutionConfig knobs the service cannot take from FLOWCORE_EXECUTION: its
+        pools and its event loop are set up before any run, by their own settings."""
+        refused = [
+            f"{knob} ({why})" for knob, why in SERVICE_SETS_ELSEWHERE.items() if knob in value
+        ]
+        if refused:
+            raise ValueError("FLOWCORE_EXECUTION cannot set " + "; ".join(refused))
+        return value
 
     @field_validator("cors_origins", "egress_allow", "egress_deny", mode="before")
     @classmethod

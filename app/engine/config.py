@@ -43,7 +43,9 @@ LIMIT_FIELDS = frozenset(
 
 #: Knobs that configure the process rather than a run (a file the trace is written to,
 #: connection pools): set by the operator; a workflow's or a run's ``config`` cannot set
-#: them. (``event_loop_policy`` is not one: `flowcore run` honours a workflow's choice.)
+#: them. (``event_loop_policy`` is not one: `flowcore run` honours a workflow's choice.
+#: The engine itself reads neither ``db_pool_size`` nor ``redis_pool_size``: it holds no
+#: such connection; the service has settings of its own for them, docs/engine.md.)
 PROCESS_FIELDS = frozenset({"trace_output", "db_pool_size", "http_pool_size", "redis_pool_size"})
 
 #: Knobs that bound one run's work and data: a workflow or a run may lower them only.
@@ -79,7 +81,8 @@ class ExecutionConfig(BaseModel):
         100,
         ge=1,
         le=100_000,
-        description="Items a map node schedules per batch (bounds memory per map).",
+        description="A map node runs its items in batches of this many, a batch starting "
+        "when the one before has finished (bounds the body runs alive per map).",
     )
 
     # Timeouts (seconds; None = no limit)

@@ -5,6 +5,14 @@ what a node sees, older ones are folded into a running ``summary`` once there ar
 than ``summarize_after``, and at most ``max_messages`` are kept verbatim. The summary is
 made by a ``summarizer`` callable (an LLM call, typically); the default is an extractive
 one (each folded message's role and first words), so memory works with no model at all.
+
+What falls past ``max_messages`` is folded into the summary too when summarizing is on
+(``summarize_after`` set, and larger than ``max_messages``): a conversation never loses
+a message silently unless it asked for no summary (``summarize_after=None``), in which
+case the oldest messages are dropped.
+
+``EntityMemory`` merges facts per entity: a fact set again replaces the old value, the
+others stay (as the service's entity rows merge them).
 """
 
 from __future__ import annotations
@@ -66,7 +74,10 @@ class ConversationMemory:
             folded, self.messages = self.messages[:-keep], self.messages[-keep:]
             self.summary = self.summarizer(self.summary, folded)
         if len(self.messages) > self.max_messages:
+            dropped = self.messages[: -self.max_messages]
             self.messages = self.messages[-self.max_messages :]
+            if self.summarize_after is not None:
+                self.summary = self.summarizer(self.summary, dropped)
 
     def get_messages(self, window: int | None = None) -> list[Message]:
         """The last ``window`` (default ``window_size``) messages."""
@@ -110,9 +121,10 @@ class EntityMemory:
         self.entities: dict[str, dict[str, Any]] = {}
 
     def update(self, entity: str, **facts: Any) -> dict[str, Any]:
+        """Merge ``facts`` into what is known of ``entity``; a copy of what is known now."""
         known = self.entities.setdefault(entity, {})
         known.update(facts)
-        return known
+        return dict(known)
 
     def get(self, entity: str) -> dict[str, Any]:
         return dict(self.entities.get(entity, {}))

@@ -130,10 +130,14 @@ class NodeContext:
         self._runtime.emit(EventType.NODE_CUSTOM, self.node_id, payload)
 
     def emit_token(self, token: str) -> None:
-        """Emit one streamed token (``node.token``)."""
+        """Emit one streamed token (``node.token``), with the node's ``attempt``: a
+        retry's tokens carry the next number, so a client that saw part of an answer
+        knows the text starts again."""
         if "\x00" in token or not token.isascii():
             self._storable(token, "token")
-        self._runtime.emit(EventType.NODE_TOKEN, self.node_id, {"token": token})
+        self._runtime.emit(
+            EventType.NODE_TOKEN, self.node_id, {"token": token, "attempt": self.attempt}
+        )
 
     def _storable(self, value: Any, what: str) -> None:
         try:

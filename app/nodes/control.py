@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -42,7 +43,12 @@ class MapNode(BaseNode):
     """Runs its body once per item (``item``/``index`` in scope and in the body's
     ``input``), at most ``max_concurrency`` at once (and within the run's
     ``max_concurrent_tasks``, which maps nested in maps share); output: the body outputs
-    in item order."""
+    in item order.
+
+    Items run in batches of the run's ``batch_size``, one batch after the other: a batch
+    starts when every item of the one before it has finished, so no more than
+    ``batch_size`` body runs (and their state) are alive at once, and a failing item
+    stops the map before any item of a later batch starts."""
 
     config_model = MapConfig
     expression_fields = frozenset({"items", "node", "workflow"})
@@ -77,10 +83,10 @@ class MapNode(BaseNode):
             raise node_context.over_budget("max_map_items", f"a map over {len(items)} items")
         body = self._body_definition()
         limit = self.config.max_concurrency or node_context.max_concurrent_tasks
+        batch_size = node_context.execution_config.batch_size
         results: list[Any] = [None] * len(items)
-        cursor = iter(range(len(items)))
 
-        async def worker() -> None:
+        async def worker(cursor: Iterator[int]) -> None:
             for index in cursor:
                 extra = {"item": items[index], "index": index}
                 output = await node_context.run_body(body, extra, extra, label=str(index))
@@ -89,10 +95,13 @@ class MapNode(BaseNode):
         try:
             # a TaskGroup cancels the other workers when one fails, and waits for them;
             # maps nested in maps share the run's concurrency instead of multiplying it
-            with node_context.workers(min(limit, len(items))) as count:
-                async with asyncio.TaskGroup() as group:
-                    for _ in range(count):
-                        group.create_task(worker())
+            with node_context.workers(min(limit, batch_size, len(items))) as count:
+                for start in range(0, len(items), batch_size):
+                    batch = range(start, min(start + batch_size, len(items)))
+                    cursor = iter(batch)
+                    async with asyncio.TaskGroup() as group:
+                        for _ in range(min(count, len(batch))):
+                            group.create_task(worker(cursor))
         except BaseExceptionGroup as group_error:
             raise group_error.exceptions[0] from None
         return NodeResult(output=results)

@@ -5,6 +5,7 @@ registered: the SDK takes half a second to import, and most processes never call
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ from openai import AsyncOpenAI
 from app.engine import NodeConfigError, NodeContext, NodeExecutionError, NodeTimeoutError
 from app.nodes.egress import TargetPolicy, redact_url, vet_target, vetted_extensions
 from app.nodes.llm import LlmRejectedError, LlmUnavailableError
+from app.nodes.llm_calls import LlmCall, report_llm_call
 from app.nodes.llm_config import LlmConfig
 
 __all__ = ["NO_KEY", "Answer", "Call", "GuardedOpenAI", "request_params"]
@@ -129,11 +131,47 @@ class Call:
         self.cfg = cfg
         self.key = key
         self.where = redact_url(httpx.URL(cfg.base_url))
+        #: perf_counter at the request and at the first content token (TTFT)
+        self._started = 0.0
+        self._first_token: float | None = None
 
     def _clean(self, message: str) -> str:
         return message.replace(self.key, "***") if self.key else message
 
     async def run(self, node_context: NodeContext) -> Answer:
+        """The answer; each call reported (``llm_calls``) with its outcome and timings."""
+        self._started = time.perf_counter()
+        self._first_token = None
+        answer: Answer | None = None
+        outcome = "error"
+        try:
+            answer = await self._run(node_context)
+            outcome = "ok"
+            return answer
+        except LlmUnavailableError:
+            outcome = "unavailable"
+            raise
+        except LlmRejectedError:
+            outcome = "rejected"
+            raise
+        except NodeTimeoutError:
+            outcome = "timeout"
+            raise
+        finally:
+            usage = answer.usage if answer is not None else {}
+            first = self._first_token
+            report_llm_call(
+                LlmCall(
+                    model=self.cfg.model,
+                    outcome=outcome,
+                    seconds=time.perf_counter() - self._started,
+                    first_token_seconds=None if first is None else first - self._started,
+                    prompt_tokens=usage.get("prompt_tokens"),
+                    completion_tokens=usage.get("completion_tokens"),
+                )
+            )
+
+    async def _run(self, node_context: NodeContext) -> Answer:
         try:
             if self.cfg.stream:
                 return await self._stream(node_context)
@@ -195,6 +233,8 @@ class Call:
                         continue  # n is never set, so only one choice is asked for
                     delta = choice.delta
                     if delta.content:
+                        if self._first_token is None:
+                            self._first_token = time.perf_counter()
                         answer.parts.append(delta.content)
                         node_context.emit_token(delta.content)
                     for piece in delta.tool_calls or []:

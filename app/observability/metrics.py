@@ -12,6 +12,9 @@ Every label value comes from a bounded set:
   (a 404), and ``method``: the standard HTTP methods, any other folded into ``other``.
 - ``breaker``: the circuit-breaker keys the workflows use (``circuit_breaker.key`` or the
   node type's default, e.g. the ``http`` node's target host): not capped here.
+- ``model`` (the ``flowcore_llm_*`` families): the model names ``llm`` nodes are
+  configured with, the first 50 this process sees, then ``other`` (``MODEL_LABELS``);
+  ``kind`` prompt or completion, ``outcome`` ok or an error's kind.
 - ``action`` (audit write failures): the audit log's actions (``app.runtime.audit``), any
   other folded into ``other``.
 
@@ -41,6 +44,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.engine import MetricsCollector, RunResult
+from app.nodes.llm_calls import LlmCall
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
@@ -102,6 +106,30 @@ BREAKER_TRANSITIONS = Counter(
 )
 TOKENS_STREAMED = Counter(
     "flowcore_tokens_streamed_total", "node.token events committed and published."
+)
+LLM_TOKENS = Counter(
+    "flowcore_llm_tokens_total",
+    "Tokens of llm calls as the endpoint reported them (kind: prompt, completion), by "
+    "the configured model.",
+    ["model", "kind"],
+)
+LLM_REQUESTS = Counter(
+    "flowcore_llm_requests_total",
+    "llm calls (one per attempt), by model and outcome (ok, unavailable, rejected, "
+    "timeout, error).",
+    ["model", "outcome"],
+)
+LLM_REQUEST_DURATION = Histogram(
+    "flowcore_llm_request_duration_seconds",
+    "Wall time of an llm call, from the request to the last chunk (or the error).",
+    ["model"],
+    buckets=_LATENCY,
+)
+LLM_TIME_TO_FIRST_TOKEN = Histogram(
+    "flowcore_llm_time_to_first_token_seconds",
+    "From an llm call's request to its first content token (streamed calls).",
+    ["model"],
+    buckets=_LATENCY,
 )
 REDIS_UP = Gauge(
     "flowcore_redis_up",
@@ -227,6 +255,21 @@ class BoundedLabels:
 WORKFLOW_LABELS = BoundedLabels()
 #: the ``breaker`` label: a node's breaker key, or the target origin of an ``http`` node
 BREAKER_LABELS = BoundedLabels()
+#: the ``model`` label of the llm families: the model names llm nodes are configured with
+MODEL_LABELS = BoundedLabels()
+
+
+def record_llm_call(call: LlmCall) -> None:
+    """Account for one llm call (the observer the composition root installs)."""
+    model = MODEL_LABELS.label(call.model)
+    LLM_REQUESTS.labels(model, call.outcome).inc()
+    LLM_REQUEST_DURATION.labels(model).observe(max(call.seconds, 0.0))
+    if call.first_token_seconds is not None:
+        LLM_TIME_TO_FIRST_TOKEN.labels(model).observe(max(call.first_token_seconds, 0.0))
+    if call.prompt_tokens:
+        LLM_TOKENS.labels(model, "prompt").inc(call.prompt_tokens)
+    if call.completion_tokens:
+        LLM_TOKENS.labels(model, "completion").inc(call.completion_tokens)
 
 
 def run_started(workflow_id: str) -> None:

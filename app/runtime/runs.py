@@ -43,8 +43,9 @@ from app.store.records import StoredRun
 from app.store.repository import Store
 
 #: knobs the service decides for every run: a run is always checkpointed (that is what
-#: makes it durable), and code cannot travel in a request
-SERVICE_FIELDS = frozenset({"error_handler", "enable_checkpoints"})
+#: makes it durable), code cannot travel in a request, and a run shares the replica's
+#: event loop (`flowcore serve` runs on uvloop)
+SERVICE_FIELDS = frozenset({"error_handler", "enable_checkpoints", "event_loop_policy"})
 #: the largest sequence number a checkpoint id may name (its column is 32-bit)
 MAX_SEQUENCE = 2**31 - 1
 #: events read per query when a whole log is needed (a trace)

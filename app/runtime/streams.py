@@ -9,6 +9,15 @@ the live subscription overflows (a slow client, a Redis outage) or no live event
 (Redis is down, or absent and the run executes elsewhere), the log carries the stream,
 polled every ``POLL`` seconds. Each event carries its sequence number, so a reconnecting
 client resumes exactly after the last one it got.
+
+Tokens: live, each ``node.token`` event is one delta with its own sequence number; in
+the log, the journal keeps a run of them as one chunk event that spans
+``data["first_seq"]..seq`` (see ``runtime/journal.py``). A logged event continues the
+stream when its span starts at or before ``last + 1``; a chunk the client has partly
+seen (it resumes mid-answer) is yielded cut to the tokens after ``last``, as one
+``node.token`` event whose ``token`` is their text, ``first_seq`` the first of them and
+``seq`` the chunk's last. Concatenating ``data.token`` in order thus gives the same
+text live and replayed, whatever the client's ``Last-Event-ID``.
 """
 
 from __future__ import annotations
@@ -56,8 +65,34 @@ def _event_json(run_id: str, seq: int, type: str, node_id: str | None, data: Any
     )
 
 
-def _from_row(row: StoredEvent, framing: Framing) -> tuple[int, str, bytes]:
-    payload = _event_json(row.run_id, row.seq, row.type, row.node_id, row.data, row.created_at)
+TOKEN = "node.token"
+
+
+def _first_seq(row: StoredEvent) -> int:
+    """The first sequence number ``row`` spans (a token chunk's first token)."""
+    if row.type == TOKEN and isinstance(row.data, dict):
+        first = row.data.get("first_seq")
+        if isinstance(first, int):
+            return first
+    return row.seq
+
+
+def _from_row(row: StoredEvent, framing: Framing, last: int) -> tuple[int, str, bytes]:
+    """The frame of logged event ``row`` for a client that has everything up to
+    ``last`` (a token chunk is cut to the tokens after it)."""
+    data = row.data
+    if row.type == TOKEN and isinstance(data, dict) and "sizes" in data:
+        first: int = data["first_seq"]
+        sizes: list[int] = data["sizes"]
+        text: str = data["token"]
+        skip = max(0, last + 1 - first)
+        data = {k: v for k, v in data.items() if k != "sizes"}
+        if skip:
+            data["token"] = text[sum(sizes[:skip]) :]
+            data["first_seq"] = first + skip
+        if data["first_seq"] == row.seq:
+            del data["first_seq"]  # one token left: an event like a live one
+    payload = _event_json(row.run_id, row.seq, row.type, row.node_id, data, row.created_at)
     return row.seq, row.type, framing.event(row.seq, row.type, payload)
 
 
@@ -134,9 +169,9 @@ async def _stream(
                 frames: list[bytes] = []  # one write for what is ready, not one per event
                 ended = False
                 for row in await store.events_after(run_id, last):
-                    seq, type_, frame = _from_row(row, framing)
-                    if seq != last + 1:
+                    if _first_seq(row) > last + 1:
                         break  # a hole the writer has not filled yet: wait for it
+                    seq, type_, frame = _from_row(row, framing, last)
                     frames.append(frame)
                     last = seq
                     if type_ in TERMINAL_TYPES:

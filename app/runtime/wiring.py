@@ -19,6 +19,7 @@ from app.cache import MeteredBreakers, RedisCircuitBreakers, ServiceCache
 from app.config import Settings
 from app.engine import ExecutionConfig
 from app.nodes.egress import EgressPolicy, install_egress_policy
+from app.nodes.llm_calls import observe_llm_calls
 from app.observability import metrics
 from app.redis_link import RedisLink
 from app.runtime.audit import AuditLog
@@ -35,6 +36,9 @@ from app.runtime.workflows import WorkflowService
 from app.store import Store, open_store
 from app.store.db import create_engine
 from app.store.migrate import head_revision
+
+#: model names with a label value of their own in the ``flowcore_llm_*`` metrics
+MODEL_LABEL_LIMIT = 50
 
 
 @dataclass(slots=True)
@@ -105,6 +109,8 @@ async def build(
     redis = await _connect_redis(settings)
     metrics.WORKFLOW_LABELS.configure(settings.metrics_workflow_labels)
     metrics.BREAKER_LABELS.configure(settings.metrics_breaker_labels)
+    metrics.MODEL_LABELS.configure(MODEL_LABEL_LIMIT)
+    observe_llm_calls(metrics.record_llm_call)
     bus: EventBus
     wakeups: RedisWakeups | None = None
     if redis is not None:

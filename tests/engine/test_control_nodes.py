@@ -248,6 +248,58 @@ async def test_map_honours_max_concurrency(probe: Probe, where: str) -> None:
     assert result.output == {"m": [i * 10 for i in range(7)]}
 
 
+async def test_map_runs_items_in_batches_of_batch_size(probe: Probe) -> None:
+    # max_concurrency 10 would start all five at once; batch_size 2 starts two, and the
+    # next batch only when both have finished, though a slot is free before that
+    workflow = make_workflow([blocking_map(10)], config={"batch_size": 2})
+    task = asyncio.create_task(WorkflowExecutor().execute(workflow, {"xs": list(range(5))}))
+    await probe.wait_running(2)
+    probe.release("m1")
+    await probe.wait_running(1)
+    for _ in range(20):  # a map that refilled the free slot would start m2 now
+        await asyncio.sleep(0)
+    assert probe.starts() == ["m0", "m1"]
+    probe.release("m0")
+    await probe.wait_running(2)
+    assert probe.starts() == ["m0", "m1", "m2", "m3"]
+    for key in ("m2", "m3"):
+        probe.release(key)
+    await probe.wait_running(1)
+    assert probe.starts()[-1] == "m4"
+    probe.release("m4")
+    result = await task
+    assert result.status is RunStatus.SUCCEEDED
+    assert probe.max_running == 2
+    assert result.output == {"m": [i * 10 for i in range(5)]}
+
+
+async def test_a_run_s_config_sets_the_batch_size(probe: Probe) -> None:
+    workflow = make_workflow([blocking_map()], config={"batch_size": 3})
+    run = WorkflowExecutor().execute(workflow, {"xs": list(range(4))}, config={"batch_size": 1})
+    task = asyncio.create_task(run)
+    for i in range(4):
+        await probe.wait_started(f"m{i}")
+        assert probe.running == 1
+        probe.release(f"m{i}")
+    result = await task
+    assert probe.max_running == 1
+    assert result.output == {"m": [i * 10 for i in range(4)]}
+
+
+async def test_a_failing_item_stops_the_map_before_the_next_batch(probe: Probe) -> None:
+    workflow = make_workflow(
+        [map_with_failing_item(type="fail", config={"message": "bad item"})],
+        config={"batch_size": 2},
+    )
+    task = asyncio.create_task(WorkflowExecutor().execute(workflow, {"xs": [1, 0, 2, 3]}))
+    result = await task
+    node_id, _, message = failure(result)
+    assert (node_id, "bad item" in message) == ("m", True)
+    # item 0 (index 1) failed in the first batch: indexes 2 and 3 (the second batch)
+    # never started
+    assert probe.starts() == ["m0"]
+
+
 def map_with_failing_item(**failing: Any) -> dict[str, Any]:
     body = {
         "id": "body",

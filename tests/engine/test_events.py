@@ -213,6 +213,7 @@ async def test_node_tokens_stream_in_order(sink: RecordingSink) -> None:
         "run.succeeded",
     ]
     assert [e.data["token"] for e in sink.of(EventType.NODE_TOKEN)] == tokens
+    assert {e.data["attempt"] for e in sink.of(EventType.NODE_TOKEN)} == {1}
     assert {e.node_id for e in sink.of(EventType.NODE_TOKEN)} == {"llm"}
 
 

@@ -239,6 +239,9 @@ async def test_a_mid_stream_disconnect_fails_the_attempt_and_the_retry_streams_a
     assert result.status is RunStatus.SUCCEEDED, result.error
     assert result.node_results["ask"].attempts == 2
     assert tokens(sink) == ["Hello", ",", "Hello", ",", " world", "!"]
+    # the retry's tokens say that the text starts again
+    attempts = [e.data["attempt"] for e in sink.events if e.type is EventType.NODE_TOKEN]
+    assert attempts == [1, 1, 2, 2, 2, 2]
     assert result.output["ask"]["text"] == "Hello, world!"
 
 
