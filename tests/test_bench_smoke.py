@@ -20,7 +20,7 @@ from bench.support.load import drive
 from bench.support.stats import med, percentile, spread
 
 ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = ["bench.engine", "bench.http", "bench.redis", "bench.parked"]
+BENCHMARKS = ["bench.engine", "bench.http", "bench.redis", "bench.parked", "bench.llm"]
 
 
 def bench(*argv: str) -> subprocess.CompletedProcess[str]:
@@ -51,6 +51,21 @@ def test_the_engine_speed_section_prints_its_table() -> None:
         line.split("|")[1].strip() for line in proc.stdout.splitlines() if line[:2] == "| "
     ]
     assert first_cells == ["nodes", "10", "50", "100"]
+
+
+@pytest.mark.slow
+def test_the_llm_benchmark_prints_its_tables() -> None:
+    # tiny numbers: the fake, a server on SQLite, five runs each way (seconds)
+    argv = ("--only", "sqlite", "--quick", "--runs", "5", "--max-wait", "0", "--markdown")
+    proc = bench("bench.llm", *argv, "--tokens", "20", "--paced-tokens", "5")
+    assert proc.returncode == 0, proc.stderr
+    assert "### 1. Tokens/s: 50 concurrent streaming runs" in proc.stdout
+    assert "### 2. Token latency" in proc.stdout
+    assert "### 3. Durable log" in proc.stdout
+    first_cells = [
+        line.split("|")[1].strip() for line in proc.stdout.splitlines() if line[:2] == "| "
+    ]
+    assert first_cells == ["database", "sqlite"] + ["database", "sqlite", "sqlite"] * 2
 
 
 def test_percentiles_are_nearest_rank() -> None:
