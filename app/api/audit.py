@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field
 from app.api.body import CheckedRoute
 from app.api.deps import CallerDep, ServicesDep
 from app.api.errors import problems
-from app.api.params import Limit
+from app.api.params import AuditCursor, Limit
 from app.runtime.audit import ACTION_PATTERN, AuditEntry
 
 router = APIRouter(
@@ -20,13 +20,6 @@ router = APIRouter(
     responses=problems(401, 403, 422, 500),
 )
 
-#: the id of the last entry of the previous page
-AUDIT_CURSOR_PATTERN = r"^[1-9][0-9]{0,9}$"
-
-AuditCursor = Annotated[
-    str | None,
-    Query(pattern=AUDIT_CURSOR_PATTERN, description="`next_cursor` of the previous page."),
-]
 ActionQuery = Annotated[
     str | None,
     Query(

@@ -50,6 +50,12 @@ RunCursor = Annotated[
     str | None,
     Query(pattern=RUN_CURSOR_PATTERN, description="`next_cursor` of the previous page."),
 ]
+#: the id of the last audit entry of the previous page
+AUDIT_CURSOR_PATTERN = r"^[1-9][0-9]{0,9}$"
+AuditCursor = Annotated[
+    str | None,
+    Query(pattern=AUDIT_CURSOR_PATTERN, description="`next_cursor` of the previous page."),
+]
 WorkflowCursor = Annotated[
     str | None,
     Query(pattern=WORKFLOW_ID_PATTERN, description="`next_cursor` of the previous page."),

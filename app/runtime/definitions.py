@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from app.engine import ExecutionConfig, WorkflowDefinition, create_workflow
+from app.engine import ExecutionConfig, WorkflowDefinition, WorkflowNotFoundError, create_workflow
 from app.store.records import StoredWorkflow
+from app.store.repository import Store
 
 
 class DefinitionCache:
@@ -31,3 +32,22 @@ class DefinitionCache:
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
         return compiled
+
+
+class StoreWorkflowResolver:
+    """``subworkflow`` nodes of a run of ``namespace`` find their workflows in the store,
+    compiled once per process like every stored version (``DefinitionCache``)."""
+
+    def __init__(self, store: Store, definitions: DefinitionCache, namespace: str) -> None:
+        self.store = store
+        self.definitions = definitions
+        self.namespace = namespace
+
+    async def get_workflow(
+        self, workflow_id: str, version: int | None = None
+    ) -> WorkflowDefinition:
+        row = await self.store.get_workflow(workflow_id, version, namespace=self.namespace)
+        if row is None:
+            where = f" version {version}" if version is not None else ""
+            raise WorkflowNotFoundError(f"no workflow {workflow_id!r}{where}")
+        return self.definitions.get(row)

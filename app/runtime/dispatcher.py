@@ -29,7 +29,6 @@ from app.engine import (
     Checkpoint,
     CircuitBreakerStore,
     EventSink,
-    ExecutionConfig,
     FlowcoreError,
     RunResult,
     WorkflowDefinition,
@@ -37,10 +36,9 @@ from app.engine import (
     WorkflowNotFoundError,
     checkpoint_at,
     clean_text,
-    create_workflow,
 )
 from app.observability import metrics
-from app.runtime.definitions import DefinitionCache
+from app.runtime.definitions import DefinitionCache, StoreWorkflowResolver
 from app.runtime.journal import RunJournal
 from app.runtime.memory import DurableMemoryStore
 from app.runtime.scoped import NamespaceBreakers, scoped_workflow
@@ -54,7 +52,7 @@ from app.store.notifications import (
     RunFinished,
     RunQueued,
 )
-from app.store.records import DEFAULT_NAMESPACE, StoredRun
+from app.store.records import StoredRun
 from app.store.repository import Lease, Store
 
 logger = logging.getLogger("flowcore.runtime")
@@ -62,26 +60,6 @@ logger = logging.getLogger("flowcore.runtime")
 
 #: how many of the runs executed here the dispatcher remembers (``_recent``)
 RECENT_RUNS = 4096
-
-
-class StoreWorkflowResolver:
-    """``subworkflow`` nodes find their workflows in the store."""
-
-    def __init__(
-        self, store: Store, limits: ExecutionConfig, namespace: str = DEFAULT_NAMESPACE
-    ) -> None:
-        self.store = store
-        self.limits = limits
-        self.namespace = namespace
-
-    async def get_workflow(
-        self, workflow_id: str, version: int | None = None
-    ) -> WorkflowDefinition:
-        row = await self.store.get_workflow(workflow_id, version, namespace=self.namespace)
-        if row is None:
-            where = f" version {version}" if version is not None else ""
-            raise WorkflowNotFoundError(f"no workflow {workflow_id!r}{where}")
-        return create_workflow(row.definition, limits=self.limits)
 
 
 @dataclass(slots=True)
@@ -320,7 +298,7 @@ class Dispatcher:
         memory = DurableMemoryStore(self.store, run.namespace)
         executor = WorkflowExecutor(
             self.config,
-            workflows=StoreWorkflowResolver(self.store, self.config, run.namespace),
+            workflows=StoreWorkflowResolver(self.store, self.definitions, run.namespace),
             cache=cache if secrets is None else MaskingCache(cache, secrets.masking),
             circuit_breakers=NamespaceBreakers(self.breakers, run.namespace),
             memory_store=memory if secrets is None else MaskingMemoryStore(memory, secrets.masking),
