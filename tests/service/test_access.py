@@ -377,3 +377,41 @@ async def test_another_namespace_sees_nothing_in_lists(
             # archiving in one namespace leaves the other's workflow
             assert (await a.delete(f"/v1/workflows/{workflow_id}")).status_code == 204
             assert (await b.get(f"/v1/workflows/{workflow_id}")).status_code == 200
+
+
+async def test_a_subworkflow_is_found_in_its_runs_namespace(
+    serve: Serve, make_settings: MakeSettings
+) -> None:
+    settings = make_settings(auth="required", bootstrap_admin_key=BOOTSTRAP)
+    async with serve(settings) as base, _as(base, BOOTSTRAP) as root:
+        made = {}
+        for namespace in (NS, OTHER):
+            response = await root.post("/v1/keys", json={"namespace": namespace, "role": "writer"})
+            made[namespace] = response.json()["key"]
+        async with _as(base, made[NS]) as a, _as(base, made[OTHER]) as b:
+            child = unique("child")
+            for client, text in ((a, "'a'"), (b, "'b'")):
+                definition = chain(child, transform("t", v=text), output={"v": "nodes.t.output.v"})
+                assert (await client.post("/v1/workflows", json=definition)).status_code == 201
+            parent = chain(
+                unique("parent"),
+                {"id": "sub", "type": "subworkflow", "config": {"workflow_id": child}},
+                output={"v": "nodes.sub.output.v"},
+            )
+            assert (await a.post("/v1/workflows", json=parent)).status_code == 201
+            for _ in range(2):  # the second compiles nothing: the same definition serves
+                run = await a.post(
+                    "/v1/runs", json={"workflow_id": parent["id"]}, params={"wait": 10}
+                )
+                assert run.json()["status"] == "succeeded", run.text
+                assert run.json()["output"] == {"v": "a"}
+            # team B has no such parent, and team A's child is not team B's to reach
+            only_b = chain(
+                unique("lonely"),
+                {"id": "sub", "type": "subworkflow", "config": {"workflow_id": "nowhere"}},
+            )
+            assert (await a.post("/v1/workflows", json=only_b)).status_code == 201
+            failed = await a.post(
+                "/v1/runs", json={"workflow_id": only_b["id"]}, params={"wait": 10}
+            )
+            assert failed.json()["status"] == "failed"
